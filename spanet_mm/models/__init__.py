@@ -1,0 +1,3 @@
+from .backbones import SPANet
+
+__all__ = ['SPANet']

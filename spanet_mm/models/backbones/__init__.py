@@ -1,0 +1,3 @@
+from .spanet import SPANet, SPANetBlock
+
+__all__ = ['SPANet', 'SPANetBlock']

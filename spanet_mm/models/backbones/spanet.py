@@ -1,0 +1,317 @@
+# Copyright (c) spanet_mm contributors. All rights reserved.
+from copy import deepcopy
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule, Sequential
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...registry import register_model
+from ..layers import SPECTRAL_IMPLS, SpectralPoolingMixer
+
+#: Smallest input side: the stride-32 last stage must keep at least one pixel.
+MIN_INPUT_SIZE = 32
+
+
+class ConvMlp(nn.Module):
+    """Channel MLP on NCHW maps: 1x1 conv, activation, 1x1 conv."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, act_cfg: dict):
+        super().__init__()
+        self.fc1 = nn.Conv2d(in_channels, hidden_channels, 1)
+        self.act = build_activation_layer(act_cfg)
+        self.fc2 = nn.Conv2d(hidden_channels, in_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SPANetBlock(BaseModule):
+    """One MetaFormer block of SPANet.
+
+    ``x = s1 * x + DropPath(SPAM(norm1(x)))``, then ``x = s2 * x + DropPath(MLP(norm2(x)))``.
+    ``s1`` and ``s2`` are learnable per-channel scales on the shortcut (not on the residual
+    branch), which the official model has in its last two stages only.
+
+    Args:
+        dim (int): Number of channels.
+        radius (int): Spectral pooling radius of the token mixer.
+        mlp_ratio (float): Hidden width of the MLP relative to ``dim``. Defaults to 4.
+        norm_cfg (dict): Config of the two norm layers.
+        act_cfg (dict): Config of the MLP activation.
+        drop_path_rate (float): Stochastic depth rate. Defaults to 0.
+        shortcut_scale (bool): Whether to learn the shortcut scales. Defaults to False.
+        spectral_impl (str): Token mixer formulation, see :class:`SpectralPoolingMixer`.
+        with_cp (bool): Trade compute for memory with activation checkpointing.
+            Defaults to False.
+        init_cfg (dict, optional): Initialization config. Defaults to None.
+    """
+
+    def __init__(self,
+                 dim: int,
+                 radius: int,
+                 mlp_ratio: float = 4.,
+                 norm_cfg: dict = dict(type='GN', num_groups=1),
+                 act_cfg: dict = dict(type='GELU'),
+                 drop_path_rate: float = 0.,
+                 shortcut_scale: bool = False,
+                 spectral_impl: str = 'auto',
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        self.with_cp = with_cp
+        self.norm1 = build_norm_layer(norm_cfg, dim)[1]
+        self.token_mixer = SpectralPoolingMixer(dim, radius, spectral_impl)
+        self.norm2 = build_norm_layer(norm_cfg, dim)[1]
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_cfg)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        if shortcut_scale:
+            self.shortcut_scale1 = nn.Parameter(torch.ones(dim))
+            self.shortcut_scale2 = nn.Parameter(torch.ones(dim))
+        else:
+            self.shortcut_scale1 = self.shortcut_scale2 = None
+
+    @staticmethod
+    def _scaled(x: Tensor, scale: Optional[Tensor]) -> Tensor:
+        return x if scale is None else x * scale.view(-1, 1, 1)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        x = self._scaled(x, self.shortcut_scale1) + self.drop_path(
+            self.token_mixer(self.norm1(x)))
+        x = self._scaled(x, self.shortcut_scale2) + self.drop_path(
+            self.mlp(self.norm2(x)))
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+@register_model
+class SPANet(BaseModule):
+    """SPANet backbone.
+
+    A PyTorch implementation of `SPANet: Frequency-balancing Token Mixer using Spectral Pooling
+    Aggregation Modulation <https://arxiv.org/abs/2308.11568>`_ (ICCV 2023), numerically equal
+    to the official model (https://github.com/DoranLyong/SPANet-official) at any input size.
+
+    Args:
+        arch (str | dict): SPANet architecture. A string picks one of
+            :attr:`arch_settings` (``'s'``, ``'m'``, ``'mx'``, ``'b'``, ``'bx'``). A dict must
+            have these keys:
+
+            - **layers** (list[int]): Number of blocks in each stage.
+            - **embed_dims** (list[int]): Number of channels of each stage.
+
+            and may have these:
+
+            - **mlp_ratios** (list[float]): MLP width ratio per stage. Defaults to 4 each.
+            - **radius** (list[int]): Spectral pooling radius per stage. Defaults to
+              ``[2, 2, 1, 1]`` (required for other than 4 stages).
+
+            Defaults to ``'s'``.
+        in_channels (int): Number of input image channels. Defaults to 3.
+        out_indices (int | Sequence[int]): Stages (0-based, negatives count from the end)
+            whose normalized outputs are returned. Defaults to -1, the last stage.
+        frozen_stages (int): -1 freezes nothing, 0 the stem, ``k`` the stem and the first
+            ``k`` stages (their output norms included). Defaults to -1.
+        norm_eval (bool): Keep BatchNorm layers in eval mode during training (no effect with
+            the default GroupNorm). Defaults to False.
+        drop_path_rate (float): Stochastic depth rate, growing linearly from 0 over the
+            blocks. Defaults to 0.
+        norm_cfg (dict): Norm layers. Defaults to ``dict(type='GN', num_groups=1)``.
+        act_cfg (dict): MLP activation. Defaults to ``dict(type='GELU')`` (exact GELU).
+        spectral_impl (str): How the spectral pooling is computed: ``'auto'`` (the FFT-free
+            low-rank form), ``'lowrank'``, or ``'fft'`` (the official formulation, a
+            reference). All are exact. Defaults to ``'auto'``.
+        with_cp (bool): Use activation checkpointing in every block. Defaults to False.
+        init_cfg (dict | list[dict], optional): Initialization config. Defaults to the
+            official init: truncated normal (std 0.02) convs and linears with zero bias.
+
+    Note:
+        Each output is passed through its own ``norm{i}``. For the last stage this is the
+        official classifier's final norm, so a ``GlobalAveragePooling`` neck and a linear head
+        complete the official classifier.
+    """
+
+    arch_settings: Dict[str, dict] = {
+        's': dict(layers=[4, 4, 12, 4], embed_dims=[64, 128, 320, 512]),
+        'm': dict(layers=[6, 6, 18, 6], embed_dims=[64, 128, 320, 512]),
+        'mx': dict(layers=[8, 8, 24, 8], embed_dims=[64, 128, 320, 512]),
+        'b': dict(layers=[6, 6, 18, 6], embed_dims=[96, 192, 384, 768]),
+        'bx': dict(layers=[8, 8, 24, 8], embed_dims=[96, 192, 384, 768]),
+    }
+    default_radius = [2, 2, 1, 1]
+
+    def __init__(self,
+                 arch: Union[str, dict] = 's',
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 drop_path_rate: float = 0.,
+                 norm_cfg: dict = dict(type='GN', num_groups=1),
+                 act_cfg: dict = dict(type='GELU'),
+                 spectral_impl: str = 'auto',
+                 with_cp: bool = False,
+                 init_cfg: Optional[Union[dict, List[dict]]] = [
+                     dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
+                     dict(type='Constant', layer=['GroupNorm'], val=1., bias=0.),
+                 ]):
+        super().__init__(init_cfg=init_cfg)
+        self.arch = self._parse_arch(arch)
+        layers = self.arch['layers']
+        embed_dims = self.arch['embed_dims']
+        self.num_stages = len(layers)
+        self.embed_dims = list(embed_dims)
+        self.in_channels = in_channels
+        self.out_indices = self._parse_out_indices(out_indices, self.num_stages)
+        assert isinstance(frozen_stages, int) and -1 <= frozen_stages <= self.num_stages, \
+            f'frozen_stages must be an int in [-1, {self.num_stages}] (-1 freezes nothing), ' \
+            f'but got {frozen_stages!r}.'
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        assert spectral_impl in SPECTRAL_IMPLS, \
+            f'spectral_impl must be one of {SPECTRAL_IMPLS}, but got {spectral_impl!r}.'
+
+        # Stem (index 0) and the stride-2 downsampling convs that open stages 1..n-1.
+        self.downsample_layers = nn.ModuleList(
+            [nn.Conv2d(in_channels, embed_dims[0], kernel_size=7, stride=4, padding=2)])
+        for i in range(1, self.num_stages):
+            self.downsample_layers.append(
+                nn.Conv2d(embed_dims[i - 1], embed_dims[i], kernel_size=3, stride=2, padding=1))
+
+        drop_path_rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
+        self.stages = nn.ModuleList()
+        block_idx = 0
+        for i, depth in enumerate(layers):
+            self.stages.append(Sequential(*[
+                SPANetBlock(
+                    embed_dims[i],
+                    radius=self.arch['radius'][i],
+                    mlp_ratio=self.arch['mlp_ratios'][i],
+                    norm_cfg=norm_cfg,
+                    act_cfg=act_cfg,
+                    drop_path_rate=drop_path_rates[block_idx + j],
+                    # The official model scales the shortcut from the third stage on.
+                    shortcut_scale=i >= 2,
+                    spectral_impl=spectral_impl,
+                    with_cp=with_cp) for j in range(depth)
+            ]))
+            block_idx += depth
+
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', build_norm_layer(norm_cfg, embed_dims[i])[1])
+
+        self._freeze_stages()
+
+    @classmethod
+    def _parse_arch(cls, arch: Union[str, dict]) -> dict:
+        if isinstance(arch, str):
+            assert arch.lower() in cls.arch_settings, \
+                f'Unavailable arch {arch!r}, please choose from ' \
+                f'({set(cls.arch_settings)}) or pass a dict.'
+            arch = cls.arch_settings[arch.lower()]
+        assert isinstance(arch, dict), \
+            f'arch must be a str or a dict, but got {type(arch).__name__}.'
+        assert 'layers' in arch and 'embed_dims' in arch, \
+            f'The arch dict must have "layers" and "embed_dims", but got {sorted(arch)}.'
+        unknown = set(arch) - {'layers', 'embed_dims', 'mlp_ratios', 'radius'}
+        assert not unknown, \
+            f'Unknown arch keys {sorted(unknown)}; allowed: layers, embed_dims, mlp_ratios, radius.'
+        num_stages = len(arch['layers'])
+        assert num_stages > 0, 'The arch "layers" must not be empty.'
+        if num_stages == len(cls.default_radius):
+            default_radius = cls.default_radius
+        else:
+            assert 'radius' in arch, \
+                f'The arch dict has {num_stages} stages: give "radius" for each of them.'
+            default_radius = None
+        parsed = dict(
+            layers=list(arch['layers']),
+            embed_dims=list(arch['embed_dims']),
+            mlp_ratios=list(arch.get('mlp_ratios', [4] * num_stages)),
+            radius=list(arch.get('radius', default_radius)))
+        for key, values in parsed.items():
+            assert len(values) == num_stages, \
+                f'The arch "{key}" has {len(values)} entries but "layers" has {num_stages} ' \
+                f'stages; they must have one entry per stage.'
+        assert all(isinstance(d, int) and d > 0 for d in parsed['layers']), \
+            f'The arch "layers" must be positive ints, but got {parsed["layers"]}.'
+        assert all(isinstance(c, int) and c > 0 for c in parsed['embed_dims']), \
+            f'The arch "embed_dims" must be positive ints, but got {parsed["embed_dims"]}.'
+        assert all(isinstance(r, int) and r >= 0 for r in parsed['radius']), \
+            f'The arch "radius" must be non-negative ints, but got {parsed["radius"]}.'
+        return parsed
+
+    @staticmethod
+    def _parse_out_indices(out_indices: Union[int, Sequence[int]],
+                           num_stages: int) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        assert isinstance(out_indices, (list, tuple)) and len(out_indices) > 0, \
+            f'out_indices must be an int or a non-empty sequence of ints, but got {out_indices!r}.'
+        parsed = []
+        for index in out_indices:
+            assert isinstance(index, int) and -num_stages <= index < num_stages, \
+                f'Invalid out_indices {tuple(out_indices)}: each must be a stage index in ' \
+                f'[{-num_stages}, {num_stages - 1}], but got {index!r}.'
+            parsed.append(index % num_stages)
+        assert len(set(parsed)) == len(parsed), \
+            f'out_indices {tuple(out_indices)} name the same stage twice.'
+        return tuple(sorted(parsed))
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(
+                f'SPANet expects a 4-D (N, C, H, W) input, but got shape {tuple(x.shape)}.')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'SPANet was built with in_channels={self.in_channels}, but the input has '
+                f'{x.shape[1]} channels (shape {tuple(x.shape)}).')
+        if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
+            raise ValueError(
+                f'SPANet needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} (stride 32), '
+                f'but got {x.shape[2]}x{x.shape[3]}; resize or pad the image.')
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        self._check_input(x)
+        outs = []
+        for i in range(self.num_stages):
+            x = self.downsample_layers[i](x)
+            x = self.stages[i](x)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x))
+            if i == self.out_indices[-1]:
+                break  # later stages would compute outputs nobody asked for
+        return tuple(outs)
+
+    def _freeze_stages(self) -> None:
+        modules = []
+        if self.frozen_stages >= 0:
+            modules.append(self.downsample_layers[0])
+        for i in range(self.frozen_stages):
+            if i > 0:
+                modules.append(self.downsample_layers[i])
+            modules.append(self.stages[i])
+            if i in self.out_indices:
+                modules.append(getattr(self, f'norm{i}'))
+        for module in modules:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'SPANet':
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self

@@ -1,0 +1,8 @@
+from .spam import SPECTRAL_IMPLS, SpectralPoolingMixer
+from .spectral_pooling import (SPECTRAL_LAMBDAS, spectral_basis, spectral_filter,
+                               spectral_pool_fft)
+
+__all__ = [
+    'SPECTRAL_IMPLS', 'SPECTRAL_LAMBDAS', 'SpectralPoolingMixer', 'spectral_basis',
+    'spectral_filter', 'spectral_pool_fft'
+]
