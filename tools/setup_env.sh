@@ -33,8 +33,8 @@ fi
 echo "[setup_env] building the environment in $venv (first run: several minutes)"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip)
-"${pip[@]}" install -q --upgrade "pip<27" "setuptools<82" wheel
-"${pip[@]}" install -q torch==2.14.1 torchvision==0.29.1 "setuptools<82"
+"${pip[@]}" install -q --upgrade "pip<27" "setuptools<81" wheel
+"${pip[@]}" install -q torch==2.14.1 torchvision==0.29.1 "setuptools<81"
 
 torch_version=$("$venv/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
 wheel_dir=$cache/wheels/torch-$torch_version

@@ -1,5 +1,6 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
-from copy import deepcopy
+import os.path as osp
+import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -7,7 +8,9 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
+from mmengine.logging import MMLogger
 from mmengine.model import BaseModule, Sequential
+from mmengine.runner.checkpoint import _load_checkpoint
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -291,6 +294,60 @@ class SPANet(BaseModule):
             if i == self.out_indices[-1]:
                 break  # later stages would compute outputs nobody asked for
         return tuple(outs)
+
+    def init_weights(self) -> None:
+        """Initializes the weights; a ``Pretrained`` init_cfg is loaded and checked.
+
+        mmengine's ``PretrainedInit`` loads non-strictly and only logs what did not fit, so a
+        checkpoint of another arch, or of another model, would silently leave random weights.
+        Here every parameter of the stages must be present with the right shape; only output
+        norms may be missing (they start as identity, as in the official dense backbone).
+        """
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            self._load_pretrained(self.init_cfg['checkpoint'], self.init_cfg.get('prefix'))
+            self._is_init = True
+            return
+        super().init_weights()
+
+    def _load_pretrained(self, checkpoint: str, prefix: Optional[str]) -> None:
+        if '://' not in checkpoint and not osp.isfile(checkpoint):
+            raise FileNotFoundError(
+                f'SPANet pretrained weights {checkpoint!r} not found. Convert the official '
+                f'ImageNet checkpoint first:\n  python tools/model_converters/'
+                f'spanet_official_to_mm.py spanet-small.pth {checkpoint}\n(pick the official '
+                f'file of this arch), or train from scratch on purpose with '
+                f'`--cfg-options model.backbone.init_cfg=None`.')
+        loaded = _load_checkpoint(checkpoint, map_location='cpu')
+        state_dict = loaded.get('state_dict', loaded) if isinstance(loaded, dict) else None
+        if not isinstance(state_dict, dict):
+            raise ValueError(f'{checkpoint} does not hold a state dict.')
+        if prefix:
+            prefix = prefix if prefix.endswith('.') else prefix + '.'
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
+                          if k.startswith(prefix)}
+            if not state_dict:
+                raise ValueError(
+                    f'{checkpoint} has no key starting with {prefix!r}: it is not a '
+                    'spanet_mm/OpenMMLab SPANet checkpoint. Convert official files with '
+                    'tools/model_converters/spanet_official_to_mm.py.')
+        own = self.state_dict()
+        mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+                      for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+        missing = [k for k in own if k not in state_dict and not re.match(r'norm\d+\.', k)]
+        if mismatched or missing:
+            arch = (loaded.get('meta') or {}).get('arch') if isinstance(loaded, dict) else None
+            raise ValueError(
+                f'{checkpoint} does not fit SPANet arch {self.arch}'
+                f'{f" (it holds arch {arch})" if arch else ""}: '
+                f'{len(mismatched)} shape mismatch(es) {mismatched[:3]}, '
+                f'{len(missing)} missing key(s) {missing[:3]}. Use the checkpoint of the '
+                'same arch as the config.')
+        incompatible = self.load_state_dict(
+            {k: v for k, v in state_dict.items() if k in own}, strict=False)
+        if incompatible.missing_keys:
+            MMLogger.get_current_instance().info(
+                f'SPANet: {incompatible.missing_keys} not in {checkpoint}; '
+                'these output norms start as identity.')
 
     def _freeze_stages(self) -> None:
         modules = []
