@@ -1,0 +1,269 @@
+# Copyright (c) spanet_mm contributors. All rights reserved.
+"""Train a SPANet model: one script for classification, detection and segmentation.
+
+The task follows from the config's ``default_scope`` (``mmpretrain``, ``mmdet`` or ``mmseg``,
+set by the upstream ``default_runtime.py`` base). Usage::
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr]
+                          [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+
+Multi-GPU: ``tools/dist_train.sh CONFIG GPUS``; SLURM: ``tools/slurm_train.sh``. Without CUDA
+the distributed backend is gloo, so ``tools/dist_train.sh CONFIG 2`` also runs on CPUs.
+
+``tools/test.py`` reuses the helpers below (dataset checks, scope and launcher handling).
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+from typing import Iterator, List, Optional
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, REPO_ROOT)
+
+# Registers SPANet in every toolbox and installs the safe loader for Runner checkpoints
+# (load_from / --resume on torch >= 2.6): before any config or checkpoint is read.
+import spanet_mm  # noqa: F401,E402
+import torch  # noqa: E402
+from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+SCOPES = ('mmpretrain', 'mmdet', 'mmseg')
+
+# What each task expects on disk, for the missing-dataset error (docs/datasets.md has more).
+EXPECTED_LAYOUT = {
+    'mmpretrain': ('ImageNet layout:\n'
+                   '  <data_root>/train/<class>/<image>.JPEG\n'
+                   '  <data_root>/val/<image>.JPEG\n'
+                   '  <data_root>/meta/{train,val}.txt   ("<relative path> <label>" per line)'),
+    'mmdet': ('COCO layout:\n'
+              '  <data_root>/annotations/instances_{train,val}2017.json\n'
+              '  <data_root>/train2017/*.jpg\n'
+              '  <data_root>/val2017/*.jpg'),
+    'mmseg': ('ADE20K layout (ADEChallengeData2016):\n'
+              '  <data_root>/images/{training,validation}/*.jpg\n'
+              '  <data_root>/annotations/{training,validation}/*.png'),
+}
+
+
+class ToolError(Exception):
+    """An error in the user's config or data, reported without a traceback."""
+
+
+class ScopeError(ToolError, ValueError):
+    """The config's default_scope is not one of the three toolboxes."""
+
+
+class DatasetNotFoundError(ToolError, FileNotFoundError):
+    """A dataset path named by the config does not exist."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Config helpers shared with tools/test.py
+# ---------------------------------------------------------------------------------------------
+def get_scope(cfg: Config, config_path: str) -> str:
+    """The task's toolbox, from ``default_scope``; a clear error for anything else."""
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise ScopeError(
+            f'{config_path}: default_scope is {scope!r}, but these tools need one of '
+            f'{SCOPES}. Inherit the toolbox runtime (e.g. `mmdet::_base_/default_runtime.py`) '
+            'or set `default_scope` in the config; without it models are looked up in the '
+            "`mmengine` registry and SPANet's detectors/segmentors are not found.")
+    return scope
+
+
+def set_launcher(cfg: Config, launcher: str, local_rank: int) -> None:
+    """Launcher and distributed backend (gloo when there is no CUDA device)."""
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(local_rank)
+    cfg.launcher = launcher
+    if not torch.cuda.is_available():
+        cfg.setdefault('env_cfg', ConfigDict())
+        cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
+        cfg.env_cfg.dist_cfg.backend = 'gloo'
+
+
+def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:
+    """CLI > config > ./work_dirs/<config name>."""
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def _leaf_datasets(dataset_cfg) -> Iterator[dict]:
+    """Dataset configs under wrappers (RepeatDataset, ClassBalancedDataset, ConcatDataset)."""
+    if dataset_cfg is None:
+        return
+    if isinstance(dataset_cfg, (list, tuple)):
+        for item in dataset_cfg:
+            yield from _leaf_datasets(item)
+    elif 'datasets' in dataset_cfg:
+        yield from _leaf_datasets(dataset_cfg['datasets'])
+    elif 'dataset' in dataset_cfg:
+        yield from _leaf_datasets(dataset_cfg['dataset'])
+    else:
+        yield dataset_cfg
+
+
+def _is_local(path: str) -> bool:
+    return bool(path) and '://' not in path
+
+
+def _join(root: str, path: str) -> str:
+    return path if not root or osp.isabs(path) or not _is_local(root) else osp.join(root, path)
+
+
+def _dataset_paths(scope: str, dataset: dict) -> List[str]:
+    """The files and folders one dataset config needs, per task."""
+    root = dataset.get('data_root') or ''
+    paths = [root] if root else []
+    if dataset.get('ann_file'):
+        paths.append(_join(root, dataset['ann_file']))
+    prefix = dataset.get('data_prefix') or ''
+    if scope == 'mmpretrain' and not prefix and dataset.get('split'):
+        prefix = dataset['split']  # ImageNet(split='train') reads <data_root>/train
+    prefixes = prefix.values() if isinstance(prefix, dict) else [prefix]
+    paths += [_join(root, p) for p in prefixes if p]
+    return paths
+
+
+def _evaluator_paths(evaluator) -> List[str]:
+    """Annotation files read by evaluators (CocoMetric's ann_file)."""
+    evaluators = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
+    return [e['ann_file'] for e in evaluators if isinstance(e, dict) and e.get('ann_file')]
+
+
+def check_datasets(cfg: Config, scope: str, phases: List[str]) -> None:
+    """Fails before the Runner is built if a dataset path is missing.
+
+    ``phases`` are among 'train', 'val', 'test'; only the dataloaders that will run are checked.
+    """
+    missing = []
+    for phase in phases:
+        loader = cfg.get(f'{phase}_dataloader')
+        if not loader or (phase != 'train' and cfg.get(f'{phase}_cfg') is None):
+            continue
+        paths = []
+        for dataset in _leaf_datasets(loader.get('dataset')):
+            paths += _dataset_paths(scope, dataset)
+        paths += _evaluator_paths(cfg.get(f'{phase}_evaluator'))
+        missing += [(phase, p) for p in paths if _is_local(p) and not osp.exists(p)]
+    if missing:
+        seen = []
+        for item in missing:
+            if item not in seen:
+                seen.append(item)
+        listing = '\n'.join(f'  {phase}: {osp.abspath(path)}' for phase, path in seen)
+        raise DatasetNotFoundError(
+            f'Dataset not found. Missing path(s):\n{listing}\n'
+            f'Expected {EXPECTED_LAYOUT[scope]}\n'
+            'See docs/datasets.md for where to get the data and where to put it (or change '
+            '`data_root` with --cfg-options). For a small synthetic set run '
+            '`python tools/generate_demo_data.py` and use configs/*/demo/.')
+
+
+def build_runner(cfg: Config) -> Runner:
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Train a SPANet classifier, detector or segmentor.')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from this checkpoint; without a path, from the latest checkpoint in '
+        'the work dir')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument(
+        '--auto-scale-lr', action='store_true',
+        help='scale the lr by (actual total batch) / auto_scale_lr.base_batch_size')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config settings, key=value (e.g. model.backbone.init_cfg=None)')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def enable_amp(cfg: Config) -> None:
+    optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if optim_wrapper == 'AmpOptimWrapper':
+        print_log('AMP is already enabled in the config.', logger='current')
+        return
+    assert optim_wrapper == 'OptimWrapper', \
+        f'--amp needs `optim_wrapper.type` OptimWrapper or AmpOptimWrapper, not {optim_wrapper}.'
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def enable_auto_scale_lr(cfg: Config) -> None:
+    auto_scale_lr = cfg.get('auto_scale_lr')
+    if not auto_scale_lr or 'base_batch_size' not in auto_scale_lr:
+        raise RuntimeError('--auto-scale-lr needs `auto_scale_lr = dict(base_batch_size=N)` '
+                           '(the total batch the lr was set for) in the config.')
+    cfg.auto_scale_lr.enable = True
+
+
+def set_resume(cfg: Config, resume: Optional[str]) -> None:
+    if resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif resume is not None:
+        cfg.resume = True
+        cfg.load_from = resume
+
+
+def set_dataloader_defaults(cfg: Config, scope: str) -> None:
+    """mmpretrain's own tools batch with ``default_collate``; keep that (and worker reuse)."""
+    if scope != 'mmpretrain':
+        return
+    for phase in ('train', 'val', 'test'):
+        loader = cfg.get(f'{phase}_dataloader')
+        if not loader:
+            continue
+        loader.setdefault('collate_fn', dict(type='default_collate'))
+        if loader.get('num_workers', 0) > 0:
+            loader.setdefault('persistent_workers', True)
+        loader.setdefault('pin_memory', torch.cuda.is_available())
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)  # runs the config's custom_imports
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = get_scope(cfg, args.config)
+    set_launcher(cfg, args.launcher, args.local_rank)
+    set_work_dir(cfg, args.work_dir, args.config)
+    if args.amp:
+        enable_amp(cfg)
+    if args.auto_scale_lr:
+        enable_auto_scale_lr(cfg)
+    set_resume(cfg, args.resume)
+    set_dataloader_defaults(cfg, scope)
+    check_datasets(cfg, scope, ['train', 'val'])
+
+    runner = build_runner(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except ToolError as err:
+        sys.exit(f'ERROR: {err}')
