@@ -141,17 +141,20 @@ def convert_official(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], dict]:
     num_stages = len(arch['layers'])
 
     converted = OrderedDict()
+    source_key = {}  # converted name -> official name, for error messages
     for key, value in state_dict.items():
         new_key = _rename(key, num_stages)
         if new_key is None:
             continue
         if new_key in converted:
-            raise CheckpointConversionError(f'Key {key!r} maps to {new_key!r} twice.')
+            raise CheckpointConversionError(
+                f'Keys {source_key[new_key]!r} and {key!r} both map to {new_key!r}.')
+        source_key[new_key] = key
         converted[new_key] = value.float() if value.is_floating_point() else value
 
-    out_indices = sorted(
+    out_indices = sorted({
         int(k[len('backbone.norm'):].split('.')[0]) for k in converted
-        if re.match(r'^backbone\.norm\d+\.weight$', k))
+        if re.match(r'^backbone\.norm\d+\.(weight|bias)$', k)})
     if not out_indices:
         raise CheckpointConversionError(
             'The checkpoint has no output norm (norm.* or norm0/2/4/6.*): it is incomplete.')
@@ -174,11 +177,13 @@ def convert_official(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], dict]:
             f'{" ..." if len(missing) > 10 else ""}')
     for key, value in converted.items():
         if key not in expected:
-            raise CheckpointConversionError(f'Unexpected key {key!r} for SPANet arch {arch}.')
+            raise CheckpointConversionError(
+                f'Unknown key {source_key[key]!r} (as {key!r}): SPANet arch {arch} has no '
+                'such parameter.')
         if value.shape != expected[key]:
             raise CheckpointConversionError(
-                f'Shape mismatch for {key!r}: the checkpoint has {tuple(value.shape)}, SPANet '
-                f'arch {arch} expects {tuple(expected[key])}.')
+                f'Shape mismatch for {source_key[key]!r} (as {key!r}): the checkpoint has '
+                f'{tuple(value.shape)}, SPANet arch {arch} expects {tuple(expected[key])}.')
 
     meta = dict(
         arch=arch,

@@ -230,6 +230,9 @@ class SPANet(BaseModule):
             f'Unknown arch keys {sorted(unknown)}; allowed: layers, embed_dims, mlp_ratios, radius.'
         num_stages = len(arch['layers'])
         assert num_stages > 0, 'The arch "layers" must not be empty.'
+        assert len(arch['embed_dims']) == num_stages, \
+            f'The arch "embed_dims" has {len(arch["embed_dims"])} entries but "layers" has ' \
+            f'{num_stages} stages; they must have one entry per stage.'
         if num_stages == len(cls.default_radius):
             default_radius = cls.default_radius
         else:

@@ -1,0 +1,208 @@
+"""SPANet backbone: arch validation, outputs, freezing, input checks, statelessness."""
+import pytest
+import torch
+import torch.nn as nn
+
+from spanet_mm import SPANet
+from spanet_mm.models.backbones.spanet import SPANetBlock
+
+TINY = dict(layers=[1, 1, 1, 1], embed_dims=[8, 16, 24, 32])
+
+
+def build(**kwargs):
+    kwargs.setdefault('arch', TINY)
+    kwargs.setdefault('init_cfg', None)
+    return SPANet(**kwargs)
+
+
+@pytest.mark.parametrize('arch, message', [
+    ('tiny', 'Unavailable arch'),
+    (dict(layers=[1, 1, 1, 1]), 'must have "layers" and "embed_dims"'),
+    (dict(layers=[1, 1, 1], embed_dims=[8, 16, 24, 32]), '"embed_dims" has 4 entries'),
+    (dict(TINY, mlp_ratios=[4, 4]), '"mlp_ratios" has 2 entries'),
+    (dict(TINY, radius=[2, 2, 1]), '"radius" has 3 entries'),
+    (dict(TINY, depths=[1, 1, 1, 1]), 'Unknown arch keys'),
+    (dict(layers=[1, 1], embed_dims=[8, 16]), 'give "radius"'),
+    (dict(layers=[1, 0, 1, 1], embed_dims=[8, 16, 24, 32]), 'positive ints'),
+])
+def test_arch_validation(arch, message):
+    with pytest.raises(AssertionError, match=message):
+        SPANet(arch=arch, init_cfg=None)
+
+
+def test_presets_match_official_sizes():
+    # Backbone-only counts of the official model (no head, no fixed filters, one output norm).
+    expected = {'s': 28_092_096, 'm': 41_173_952, 'mx': 54_255_808, 'b': 75_087_168,
+                'bx': 98_949_312}
+    for name, count in expected.items():
+        model = SPANet(arch=name, init_cfg=None)
+        assert sum(p.numel() for p in model.parameters()) == count, name
+
+
+def test_custom_arch_structure():
+    model = build(arch=dict(layers=[1, 2, 1, 1], embed_dims=[8, 16, 24, 32],
+                            mlp_ratios=[2, 3, 4, 4], radius=[1, 2, 0, 1]), out_indices=(0, 1, 2, 3))
+    assert [len(stage) for stage in model.stages] == [1, 2, 1, 1]
+    block = model.stages[1][1]
+    assert block.mlp.fc1.out_channels == 48
+    assert block.token_mixer.radius == 2
+    # torch.chunk sizes: ceil(16 / 3) = 6 -> 6, 6, 4.
+    assert [p.in_channels for p in block.token_mixer.spectral_projs] == [6, 6, 4]
+    # Shortcut scales only in the last two stages.
+    assert model.stages[1][0].shortcut_scale1 is None
+    assert model.stages[2][0].shortcut_scale1.shape == (24, )
+    # A five-stage arch works when radius is given.
+    five = build(arch=dict(layers=[1] * 5, embed_dims=[8] * 5, radius=[2, 2, 1, 1, 0]),
+                 out_indices=-1)
+    assert five(torch.rand(1, 3, 64, 64))[0].shape == (1, 8, 1, 1)
+
+
+def test_drop_path_grows_linearly():
+    model = build(arch=dict(layers=[2, 1, 1, 1], embed_dims=[8, 16, 24, 32]), drop_path_rate=0.4)
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == 'DropPath']
+    # Block 0 has rate 0 (an Identity), blocks 1..4 have 0.1 .. 0.4.
+    assert rates == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert isinstance(model.stages[0][0].drop_path, nn.Identity)
+
+
+@pytest.mark.parametrize('out_indices, stages', [
+    (-1, [3]), (3, [3]), ((0, 1, 2, 3), [0, 1, 2, 3]), ([-4, -2], [0, 2]), ((2, 0), [0, 2])])
+def test_out_indices(out_indices, stages):
+    given = out_indices if isinstance(out_indices, int) else type(out_indices)(out_indices)
+    model = build(out_indices=given)
+    assert given == out_indices  # the caller's object is never rewritten
+    outs = model(torch.rand(2, 3, 64, 96))
+    assert isinstance(outs, tuple)
+    assert [o.shape for o in outs] == [
+        (2, TINY['embed_dims'][i], 64 // 2**(i + 2), 96 // 2**(i + 2)) for i in stages]
+    assert {n for n, _ in model.named_children() if n.startswith('norm')} == {
+        f'norm{i}' for i in stages}
+
+
+@pytest.mark.parametrize('out_indices', [4, -5, (0, 4), (1, 1), (), '0', (0.5, )])
+def test_bad_out_indices(out_indices):
+    with pytest.raises(AssertionError, match='out_indices'):
+        build(out_indices=out_indices)
+
+
+@pytest.mark.parametrize('frozen_stages', [-2, 5, 1.0])
+def test_bad_frozen_stages(frozen_stages):
+    with pytest.raises(AssertionError, match='frozen_stages'):
+        build(frozen_stages=frozen_stages)
+
+
+def _trainable(module):
+    return [p.requires_grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 2, 4])
+def test_frozen_stages(frozen_stages):
+    model = build(frozen_stages=frozen_stages, out_indices=(0, 1, 2, 3))
+    model.train()
+    for i in range(4):
+        frozen_downsample = i <= frozen_stages if i == 0 else i < frozen_stages
+        frozen_stage = i < frozen_stages
+        down, stage, norm = model.downsample_layers[i], model.stages[i], getattr(model, f'norm{i}')
+        assert all(not t for t in _trainable(down)) == frozen_downsample
+        assert all(t for t in _trainable(down)) == (not frozen_downsample)
+        assert down.training == (not frozen_downsample)
+        for module in (stage, norm):
+            assert all(t for t in _trainable(module)) == (not frozen_stage)
+            assert all(not t for t in _trainable(module)) == frozen_stage
+            assert all(m.training != frozen_stage for m in module.modules())
+
+
+def test_frozen_stages_survive_train_and_train_returns_self():
+    model = build(frozen_stages=1)
+    assert model.train() is model
+    assert model.eval() is model
+    model.train()
+    assert not model.stages[0].training and model.stages[1].training
+    # Frozen parameters receive no gradient.
+    model(torch.rand(1, 3, 32, 32))[0].sum().backward()
+    assert model.stages[0][0].mlp.fc1.weight.grad is None
+    assert model.stages[1][0].mlp.fc1.weight.grad is not None
+
+
+def test_norm_eval_keeps_batchnorm_in_eval():
+    model = build(norm_cfg=dict(type='BN'), norm_eval=True, out_indices=(0, 1, 2, 3))
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(not m.training for m in norms)
+    model = build(norm_cfg=dict(type='BN'), norm_eval=False)
+    model.train()
+    assert all(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize('shape, message', [
+    ((3, 64, 64), '4-D'),
+    ((1, 3, 64, 64, 1), '4-D'),
+    ((1, 1, 64, 64), 'in_channels=3, but the input has 1 channels'),
+    ((1, 3, 31, 64), 'at least 32x32'),
+    ((1, 3, 64, 16), 'at least 32x32'),
+])
+def test_bad_input(shape, message):
+    with pytest.raises(ValueError, match=message):
+        build()(torch.rand(*shape))
+
+
+@pytest.mark.parametrize('size', [(32, 32), (33, 47), (37, 37), (64, 96), (95, 127)])
+def test_any_input_size(size):
+    height, width = size
+    model = build(out_indices=(0, 1, 2, 3)).eval()
+    outs = model(torch.rand(1, 3, height, width))
+    h, w = (height - 3) // 4 + 1, (width - 3) // 4 + 1  # stem: k7 s4 p2
+    for i, out in enumerate(outs):
+        assert out.shape[-2:] == (h, w), (i, out.shape)
+        assert torch.isfinite(out).all()
+        h, w = (h + 1) // 2, (w + 1) // 2  # k3 s2 p1
+
+
+@pytest.mark.parametrize('impl', ['lowrank', 'fft'])
+def test_output_does_not_depend_on_sizes_seen_before(impl):
+    """The official detection backbone mutates its padded filter; ours is stateless."""
+    torch.manual_seed(0)
+    model = build(spectral_impl=impl, out_indices=(0, 1, 2, 3)).eval()
+    x = torch.rand(1, 3, 65, 97)
+    with torch.no_grad():
+        first = model(x)
+        for size in [(64, 96), (97, 65), (224, 224), (33, 47)]:
+            model(torch.rand(1, 3, *size))
+        again = model(x)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+
+
+def test_with_cp_matches_plain_forward_and_backward():
+    torch.manual_seed(0)
+    plain = build(drop_path_rate=0.).train()
+    ckpt = build(with_cp=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    out_plain, out_ckpt = plain(x)[0], ckpt(x)[0]
+    torch.testing.assert_close(out_ckpt, out_plain)
+    out_plain.square().sum().backward()
+    out_ckpt.square().sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+def test_block_scales_the_shortcut_not_the_branch():
+    torch.manual_seed(0)
+    block = SPANetBlock(8, radius=1, shortcut_scale=True).eval()
+    x = torch.rand(1, 8, 16, 16)
+    with torch.no_grad():
+        block.shortcut_scale1.fill_(0.)
+        block.shortcut_scale2.fill_(0.)
+        out = block(x)
+        y = block.token_mixer(block.norm1(x))
+        expected = block.mlp(block.norm2(y))  # both shortcuts scaled to zero
+    torch.testing.assert_close(out, expected)
+
+
+def test_default_init_is_truncated_normal():
+    model = SPANet(arch=TINY)
+    model.init_weights()
+    weight = model.stages[2][0].mlp.fc1.weight  # 96 x 24 values
+    assert 0.015 < weight.std() < 0.025  # std 0.02, as the official timm init
+    assert torch.count_nonzero(model.stages[0][0].mlp.fc1.bias) == 0

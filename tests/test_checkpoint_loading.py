@@ -1,0 +1,130 @@
+"""Runner checkpoints load safely on torch >= 2.6 once spanet_mm is imported."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import _load_checkpoint
+from torch.utils.data import Dataset
+
+import spanet_mm  # noqa: F401  installs the loader
+from spanet_mm.checkpoint import CheckpointLoadError, load_local_checkpoint
+
+
+class _Regressor(BaseModel):
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 1)
+
+    def forward(self, inputs, targets=None, mode='tensor'):
+        inputs = torch.stack(inputs) if isinstance(inputs, list) else inputs
+        out = self.linear(inputs)
+        if mode == 'loss':
+            return dict(loss=(out.squeeze(1) - torch.stack(targets)).square().mean())
+        return out
+
+
+class _Points(Dataset):
+    metainfo = dict(classes=('a', 'b'))
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        x = torch.tensor([index / 16, 1.0])
+        return dict(inputs=x, targets=2 * x[0])
+
+
+def make_runner(work_dir, max_epochs, **kwargs):
+    return Runner(
+        model=_Regressor(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(dataset=_Points(), batch_size=4,
+                              sampler=dict(type='DefaultSampler', shuffle=True)),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)),
+        randomness=dict(seed=0),
+        **kwargs)
+
+
+@pytest.fixture(scope='module')
+def runner_checkpoint(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp('run')
+    make_runner(work_dir, max_epochs=2).train()
+    return work_dir / 'epoch_2.pth'
+
+
+def test_plain_weights_only_load_fails_without_the_allow_list(runner_checkpoint):
+    """The problem being solved: torch's default refuses Runner checkpoints."""
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(runner_checkpoint)
+
+
+def test_runner_checkpoint_loads(runner_checkpoint):
+    checkpoint = _load_checkpoint(str(runner_checkpoint), map_location='cpu')
+    assert {'meta', 'state_dict', 'message_hub', 'optimizer'} <= set(checkpoint)
+    loss_history = checkpoint['message_hub']['log_scalars']['train/loss']
+    assert np.isfinite(loss_history.mean())
+
+
+def test_load_from_and_resume(runner_checkpoint, tmp_path):
+    saved = torch.load(runner_checkpoint, weights_only=False)['state_dict']
+    loaded = make_runner(tmp_path / 'a', max_epochs=2, load_from=str(runner_checkpoint))
+    loaded.load_or_resume()
+    for key, value in saved.items():
+        assert torch.equal(loaded.model.state_dict()[key], value)
+    resumed = make_runner(tmp_path / 'b', max_epochs=3, load_from=str(runner_checkpoint),
+                          resume=True)
+    resumed.load_or_resume()
+    assert resumed.train_loop.epoch == 2
+
+
+class _Payload:
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+def test_arbitrary_objects_are_refused(tmp_path):
+    marker = tmp_path / 'pwned'
+    torch.save({'state_dict': {}, 'payload': _Payload(str(marker))}, tmp_path / 'evil.pth')
+    with pytest.raises(CheckpointLoadError, match='outside the allow-list'):
+        _load_checkpoint(str(tmp_path / 'evil.pth'))
+    assert not marker.exists()
+    # Safe loading is still on for everyone else, too.
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / 'evil.pth')
+    assert not marker.exists()
+
+
+def test_getattr_is_restricted_to_history_buffer_statistics(tmp_path):
+    """A pickle may not use getattr to reach, e.g., ndarray.tofile (a file write)."""
+
+    class Sneaky:
+
+        def __reduce__(self):
+            return (getattr, (np.ndarray, 'tofile'))
+
+    torch.save({'x': Sneaky()}, tmp_path / 'sneaky.pth')
+    with pytest.raises(CheckpointLoadError, match='getattr'):
+        load_local_checkpoint(str(tmp_path / 'sneaky.pth'))
+
+
+@pytest.mark.parametrize('size', [0, 100, 2000])
+def test_truncated_checkpoint(runner_checkpoint, tmp_path, size):
+    broken = tmp_path / 'broken.pth'
+    broken.write_bytes(runner_checkpoint.read_bytes()[:size])
+    with pytest.raises(CheckpointLoadError, match='truncated or corrupt'):
+        _load_checkpoint(str(broken))
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match='can not be found'):
+        _load_checkpoint(str(tmp_path / 'missing.pth'))

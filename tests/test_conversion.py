@@ -1,0 +1,152 @@
+"""The official-checkpoint converter: formats it accepts, and how it refuses bad input."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from spanet_mm import SPANet
+from spanet_mm.conversion import CheckpointConversionError, convert_official
+
+CONVERTER = osp.join(REPO_ROOT, 'tools', 'model_converters', 'spanet_official_to_mm.py')
+
+
+def run_converter(*args):
+    return subprocess.run([sys.executable, CONVERTER, *map(str, args)],
+                          capture_output=True, text=True)
+
+
+@pytest.fixture
+def official_state(official_fixture):
+    return dict(official_fixture['classification']['state_dict'])
+
+
+def test_output_format(official_state, tmp_path):
+    torch.save(official_state, tmp_path / 'src.pth')
+    result = run_converter(tmp_path / 'src.pth', tmp_path / 'out' / 'dst.pth')
+    assert result.returncode == 0, result.stderr
+    converted = torch.load(tmp_path / 'out' / 'dst.pth', weights_only=True)
+    assert set(converted) == {'state_dict', 'meta'}
+    keys = set(converted['state_dict'])
+    assert all(k.startswith(('backbone.', 'head.fc.')) for k in keys)
+    assert {'head.fc.weight', 'head.fc.bias', 'backbone.norm3.weight'} <= keys
+    assert not any('filter' in k for k in keys)
+    # Every official tensor but the 3 filters per block is kept, value for value (as float32).
+    assert len(keys) == len(official_state) - 3 * 4
+    assert torch.equal(converted['state_dict']['backbone.stages.2.0.shortcut_scale1'],
+                       official_state['network.4.0.res_scale1.scale'].float())
+    assert torch.equal(converted['state_dict']['backbone.stages.0.0.token_mixer.dwconv_7x1.weight'],
+                       official_state['network.0.0.token_mixer.conv.1.weight'].float())
+    assert converted['meta']['arch']['layers'] == [1, 1, 1, 1]
+    assert converted['meta']['has_head'] is True
+
+
+@pytest.mark.parametrize('wrap', [
+    lambda sd: sd,
+    lambda sd: {'state_dict': sd, 'epoch': 300, 'arch': 'spanet_small'},
+    lambda sd: {'model': sd},
+    lambda sd: {'state_dict': {f'backbone.{k}': v for k, v in sd.items()}},
+])
+def test_accepted_layouts(official_state, wrap):
+    state_dict, meta = convert_official(wrap(official_state))
+    assert 'backbone.downsample_layers.0.weight' in state_dict
+    assert meta['has_head']
+
+
+def test_preset_is_recognised():
+    official = {}
+    model = SPANet('s', init_cfg=None)
+    # Rebuild official names from ours for a real 's' layout (values do not matter).
+    for key, value in model.state_dict().items():
+        official[key] = value
+    renamed = {}
+    for key, value in official.items():
+        parts = key.split('.')
+        if parts[0] == 'downsample_layers':
+            new = ('patch_embed.proj.' if parts[1] == '0'
+                   else f'network.{2 * int(parts[1]) - 1}.proj.') + parts[2]
+        elif parts[0] == 'stages':
+            rest = '.'.join(parts[3:]).replace('dwconv_1x7', 'conv.0').replace(
+                'dwconv_7x1', 'conv.1').replace('spectral_projs', 'pws').replace(
+                'shortcut_scale1', 'res_scale1.scale').replace('shortcut_scale2',
+                                                               'res_scale2.scale')
+            new = f'network.{2 * int(parts[1])}.{parts[2]}.{rest}'
+        else:
+            new = 'norm.' + parts[1]
+        renamed[new] = value
+    _, meta = convert_official(renamed)
+    assert meta['arch_name'] == 's'
+
+
+def expect_failure(tmp_path, state, message, *extra):
+    torch.save(state, tmp_path / 'src.pth')
+    dst = tmp_path / 'dst.pth'
+    result = run_converter(tmp_path / 'src.pth', dst, *extra)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert not dst.exists()
+    assert os.listdir(tmp_path) == ['src.pth']  # no partial or temporary file left behind
+
+
+def test_unknown_key(official_state, tmp_path):
+    official_state['network.0.0.token_mixer.extra_gate.weight'] = torch.zeros(1)
+    expect_failure(tmp_path, official_state, "Unknown key 'network.0.0.token_mixer.extra_gate")
+
+
+def test_missing_key(official_state, tmp_path):
+    del official_state['network.2.0.mlp.fc2.bias']
+    expect_failure(tmp_path, official_state, 'backbone.stages.1.0.mlp.fc2.bias')
+
+
+def test_shape_mismatch(official_state, tmp_path):
+    official_state['network.6.0.token_mixer.proj_out.weight'] = torch.zeros(512, 511, 1, 1)
+    expect_failure(tmp_path, official_state, 'Shape mismatch for '
+                   "'network.6.0.token_mixer.proj_out.weight'")
+
+
+def test_not_spanet(tmp_path):
+    expect_failure(tmp_path, {'conv1.weight': torch.zeros(64, 3, 7, 7)},
+                   'Cannot find the SPANet stages')
+
+
+def test_arch_check(official_state, tmp_path):
+    expect_failure(tmp_path, official_state, "not 's'", '--arch', 's')
+
+
+def test_corrupt_source(tmp_path):
+    (tmp_path / 'src.pth').write_bytes(b'not a checkpoint')
+    result = run_converter(tmp_path / 'src.pth', tmp_path / 'dst.pth')
+    assert result.returncode != 0 and 'cannot read' in result.stderr
+    assert not (tmp_path / 'dst.pth').exists()
+
+
+def test_source_is_never_unpickled_unsafely(tmp_path):
+    marker = tmp_path / 'pwned'
+    torch.save({'state_dict': {}, 'payload': _Payload(str(marker))}, tmp_path / 'src.pth')
+    result = run_converter(tmp_path / 'src.pth', tmp_path / 'dst.pth')
+    assert result.returncode != 0 and 'weights-only' in result.stderr
+    assert not marker.exists()
+
+
+class _Payload:
+    """Pickles into a call that would create a file if it were ever unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+def test_missing_source(tmp_path):
+    result = run_converter(tmp_path / 'nope.pth', tmp_path / 'dst.pth')
+    assert result.returncode != 0 and 'does not exist' in result.stderr
+
+
+def test_api_error_type(official_state):
+    del official_state['norm.weight']
+    with pytest.raises(CheckpointConversionError, match='norm3.weight'):
+        convert_official(official_state)

@@ -1,0 +1,99 @@
+"""Converted official weights reproduce the official model's outputs (shared fixture)."""
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint
+
+from conftest import REPO_ROOT
+
+CONVERTER = osp.join(REPO_ROOT, 'tools', 'model_converters', 'spanet_official_to_mm.py')
+TOLERANCE = 1e-4
+
+
+def convert(src, dst):
+    result = subprocess.run([sys.executable, CONVERTER, str(src), str(dst)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return dst
+
+
+def fixture_arch(fixture):
+    return {k: fixture['arch'][k] for k in ('layers', 'embed_dims', 'mlp_ratios', 'radius')}
+
+
+@pytest.fixture(scope='module')
+def converted_classifier(official_fixture, tmp_path_factory):
+    folder = tmp_path_factory.mktemp('cls')
+    torch.save(official_fixture['classification']['state_dict'], folder / 'official.pth')
+    return convert(folder / 'official.pth', folder / 'converted.pth')
+
+
+@pytest.mark.parametrize('impl', ['auto', 'fft'])
+def test_classifier_logits(official_fixture, converted_classifier, impl):
+    """The converted file loads with `load_from` semantics into the shipped classifier config."""
+    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs/classification/spanet_s_in1k.py'))
+    cfg.model.backbone.update(arch=fixture_arch(official_fixture), spectral_impl=impl,
+                              init_cfg=None)
+    init_default_scope(cfg.default_scope)
+    from mmpretrain.registry import MODELS
+    model = MODELS.build(cfg.model).eval()
+    load_checkpoint(model, str(converted_classifier), map_location='cpu', strict=True)
+    with torch.no_grad():
+        logits = model(official_fixture['classification']['input'], mode='tensor')
+    expected = official_fixture['classification']['logits']
+    assert logits.shape == expected.shape
+    assert (logits - expected).abs().max() <= TOLERANCE
+
+
+def dense_official_checkpoint(fixture):
+    """An official detector-style file: dense backbone keys under `backbone.`, inside `model`."""
+    state = {k: v for k, v in fixture['classification']['state_dict'].items()
+             if not k.startswith(('norm.', 'head.')) and not k.endswith('.filter')}
+    state.update(fixture['dense']['extra_state_dict'])
+    return {'model': {f'backbone.{k}': v for k, v in state.items()}}
+
+
+@pytest.mark.parametrize('impl', ['auto', 'fft'])
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_dense_features(official_fixture, tmp_path, impl, scope):
+    """Converted weights load through `init_cfg=Pretrained` into the mmdet/mmseg backbone."""
+    torch.save(dense_official_checkpoint(official_fixture), tmp_path / 'official_det.pth')
+    converted = convert(tmp_path / 'official_det.pth', tmp_path / 'converted.pth')
+    init_default_scope(scope)
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    backbone = registry.build(dict(
+        type='SPANet', arch=fixture_arch(official_fixture), out_indices=(0, 1, 2, 3),
+        spectral_impl=impl,
+        init_cfg=dict(type='Pretrained', checkpoint=str(converted), prefix='backbone.')))
+    backbone.init_weights()
+    backbone.eval()
+    for name, case in official_fixture['dense']['cases'].items():
+        with torch.no_grad():
+            features = backbone(case['input'])
+        assert len(features) == 4
+        for i, (ours, theirs) in enumerate(zip(features, case['features'])):
+            assert ours.shape == theirs.shape, (name, i)
+            assert (ours - theirs).abs().max() <= TOLERANCE, (name, i)
+
+
+def test_classification_weights_initialise_a_dense_backbone(official_fixture,
+                                                           converted_classifier):
+    """ImageNet weights into a 4-output backbone: stages loaded, new output norms identity."""
+    backbone = __import__('spanet_mm').SPANet(
+        arch=fixture_arch(official_fixture), out_indices=(0, 1, 2, 3),
+        init_cfg=dict(type='Pretrained', checkpoint=str(converted_classifier),
+                      prefix='backbone.'))
+    backbone.init_weights()
+    converted = torch.load(converted_classifier)['state_dict']
+    own = backbone.state_dict()
+    for key, value in converted.items():
+        if key.startswith('backbone.'):
+            assert torch.equal(own[key[len('backbone.'):]], value), key
+    for i in range(3):
+        assert torch.equal(own[f'norm{i}.weight'], torch.ones_like(own[f'norm{i}.weight']))
+        assert torch.equal(own[f'norm{i}.bias'], torch.zeros_like(own[f'norm{i}.bias']))
