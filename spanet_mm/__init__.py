@@ -8,5 +8,6 @@ safely on torch >= 2.6.
 from .version import __version__  # noqa: F401
 from . import checkpoint  # noqa: F401,E402  registers the safe local checkpoint loader
 from .models import SPANet  # noqa: F401,E402
+from . import engine  # noqa: F401,E402  registers RNGStateHook (exact resume)
 
 __all__ = ['SPANet', '__version__']

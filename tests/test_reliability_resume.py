@@ -1,0 +1,209 @@
+"""Exact resume: a run killed with SIGKILL mid-epoch and resumed ends with the weights of a run
+never interrupted (RNGStateHook), and without the hook it does not."""
+import os
+import os.path as osp
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import spanet_mm  # noqa: F401  registers RNGStateHook
+from conftest import REPO_ROOT
+
+TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
+DEMO_CLS = osp.join(REPO_ROOT, 'configs', 'classification', 'demo', 'spanet_demo_cls.py')
+GENERATOR = osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py')
+
+# The classification demo config, made smaller (32 train / 8 val images, 4 iterations per
+# epoch, 2 epochs), with randomness in the model (drop path) and in the data (random crops and
+# flips), validation after every epoch, a checkpoint after every epoch, a fixed seed and
+# deterministic algorithms.
+CONFIG = """
+_base_ = {base!r}
+data_root = {data_root!r}
+model = dict(backbone=dict(arch=dict(embed_dims=[16, 32, 48, 64]), drop_path_rate=0.2),
+             head=dict(in_channels=64))
+train_dataloader = dict(batch_size=8, dataset=dict(data_root=data_root,
+                                                   ann_file='meta/train_small.txt'))
+val_dataloader = dict(batch_size=8, dataset=dict(data_root=data_root, ann_file='meta/val_small.txt'))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs=2, val_interval=1)
+param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0, end=2)]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=-1))
+randomness = dict(seed=0, deterministic=True)
+custom_hooks = {hooks!r}
+"""
+
+
+@pytest.fixture(scope='module')
+def configs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('resume')
+    subprocess.run([sys.executable, GENERATOR, '--out', str(root / 'data')], check=True,
+                   capture_output=True)
+    data_root = root / 'data' / 'imagenet'
+    for split, keep in (('train', range(0, 160, 5)), ('val', range(8))):
+        lines = (data_root / 'meta' / f'{split}.txt').read_text().splitlines()
+        (data_root / 'meta' / f'{split}_small.txt').write_text(
+            '\n'.join(lines[i] for i in keep) + '\n')
+    paths = {}
+    for name, hooks in (('hook', [dict(type='RNGStateHook')]), ('nohook', [])):
+        paths[name] = root / f'cls_{name}.py'
+        paths[name].write_text(CONFIG.format(base=DEMO_CLS, data_root=str(data_root),
+                                             hooks=hooks))
+    return root, paths
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO_ROOT)
+
+
+def train(config, work_dir, *args):
+    result = subprocess.run([sys.executable, TRAIN, str(config), '--work-dir', str(work_dir),
+                             *args], capture_output=True, text=True, env=_env(), timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def train_and_kill(config, work_dir, epoch=2, after_iters=2):
+    """Starts training and SIGKILLs it once `after_iters` iterations of `epoch` are logged."""
+    proc = subprocess.Popen([sys.executable, TRAIN, str(config), '--work-dir', str(work_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env())
+    pattern = re.compile(rf'Epoch\(train\)\s*\[{epoch}\]\[\s*(\d+)/')
+    log = []
+    try:
+        for line in proc.stdout:
+            log.append(line)
+            match = pattern.search(line)
+            if match and int(match.group(1)) >= after_iters:
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, ''.join(log[-50:])
+    return ''.join(log)
+
+
+def final_weights(work_dir, epoch=2):
+    from spanet_mm.checkpoint import load_local_checkpoint
+    return load_local_checkpoint(str(work_dir / f'epoch_{epoch}.pth'))['state_dict']
+
+
+def max_difference(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(configs):
+    root, paths = configs
+    train(paths['hook'], root / 'uninterrupted')
+    return final_weights(root / 'uninterrupted')
+
+
+def test_killed_and_resumed_run_matches_uninterrupted_run(configs, uninterrupted):
+    root, paths = configs
+    work_dir = root / 'killed'
+    train_and_kill(paths['hook'], work_dir)
+    assert (work_dir / 'epoch_1.pth').is_file() and not (work_dir / 'epoch_2.pth').exists()
+    checkpoint = torch.load(work_dir / 'epoch_1.pth', weights_only=False)
+    assert set(checkpoint['rng_states']) == {'world_size', 'per_rank'}
+    # Keep the first epoch's checkpoint for the run without the hook below.
+    shutil.copytree(work_dir, root / 'killed_copy')
+    log = train(paths['hook'], work_dir, '--resume')
+    assert 'resumed epoch: 1' in log
+    resumed = final_weights(work_dir)
+    assert max_difference(resumed, uninterrupted) <= 1e-6
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_without_the_hook_resume_is_not_exact(configs, uninterrupted):
+    """The same resume without RNGStateHook: drop path and augmentations draw other numbers."""
+    root, paths = configs
+    work_dir = root / 'killed_copy'
+    if not work_dir.exists():
+        pytest.skip('needs the killed run of the previous test')
+    train(paths['nohook'], work_dir, '--resume')
+    assert max_difference(final_weights(work_dir), uninterrupted) > 1e-4
+
+
+def test_load_from_does_not_restore_rng_states(configs, uninterrupted):
+    """load_from (fine-tuning) starts a fresh run: the hook restores nothing."""
+    from mmengine.runner import Runner  # noqa: F401
+    from spanet_mm.engine.hooks.rng_state_hook import RNGStateHook, get_rng_states
+
+    class FakeRunner:
+        _resume = False
+
+    hook = RNGStateHook()
+    hook.after_load_checkpoint(FakeRunner(), {'rng_states': dict(world_size=1,
+                                                                   per_rank=[get_rng_states()])})
+    assert hook._pending is None
+
+
+# --- iteration-based loop (the segmentation configs): in-process, with a toy model -------------
+class _NoisyPoints(torch.utils.data.Dataset):
+    """Augmentation randomness from numpy and python's random, as mmcv transforms have."""
+    metainfo = dict(classes=('a', ))
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, index):
+        import random
+
+        import numpy as np
+        x = torch.tensor([index / 12 + np.random.rand() * 0.1, random.random()])
+        return dict(inputs=x, targets=2 * x[0])
+
+
+def _toy_runner(work_dir, hooks, **kwargs):
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Regressor(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 8)
+            self.dropout = torch.nn.Dropout(0.3)  # model randomness from torch
+            self.out = torch.nn.Linear(8, 1)
+
+        def forward(self, inputs, targets=None, mode='tensor'):
+            inputs = torch.stack(inputs) if isinstance(inputs, list) else inputs
+            out = self.out(self.dropout(self.linear(inputs))).squeeze(1)
+            if mode == 'loss':
+                return dict(loss=(out - torch.stack(targets)).square().mean())
+            return out
+
+    return Runner(
+        model=Regressor(), work_dir=str(work_dir),
+        train_dataloader=dict(dataset=_NoisyPoints(), batch_size=4, num_workers=0,
+                              sampler=dict(type='InfiniteSampler', shuffle=True)),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
+        train_cfg=dict(by_epoch=False, max_iters=8),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=3, by_epoch=False),
+                           logger=dict(type='LoggerHook', interval=1)),
+        custom_hooks=hooks, randomness=dict(seed=0, deterministic=True), **kwargs)
+
+
+@pytest.mark.parametrize('with_hook', [True, False])
+def test_iteration_based_resume(tmp_path, with_hook):
+    hooks = [dict(type='RNGStateHook')] if with_hook else []
+    full = _toy_runner(tmp_path / 'full', hooks, experiment_name='full')
+    full.train()
+    expected = {k: v.clone() for k, v in full.model.state_dict().items()}
+    # Resume from the checkpoint after iteration 3 (iterations 4..8 were "lost").
+    resumed = _toy_runner(tmp_path / 'resumed', hooks, experiment_name='resumed',
+                          load_from=str(tmp_path / 'full' / 'iter_3.pth'), resume=True)
+    resumed.train()
+    difference = max_difference(resumed.model.state_dict(), expected)
+    if with_hook:
+        assert difference == 0
+    else:
+        assert difference > 1e-4
