@@ -1,4 +1,10 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
-from .hooks import RNGStateHook
+"""Runner-level reliability: exact resume, checkpoint and input checks."""
+from .checks import (ConfigKeyError, DatasetFormatError, check_cfg_options,
+                     check_dataset_formats)
+from .hooks import CheckpointCheckHook, CheckpointMismatchError, RNGStateHook
 
-__all__ = ['RNGStateHook']
+__all__ = [
+    'CheckpointCheckHook', 'CheckpointMismatchError', 'ConfigKeyError', 'DatasetFormatError',
+    'RNGStateHook', 'check_cfg_options', 'check_dataset_formats'
+]

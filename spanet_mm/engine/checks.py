@@ -1,0 +1,194 @@
+# Copyright (c) spanet_mm contributors. All rights reserved.
+"""Checks that turn bad user input into one clear error before a long run starts.
+
+Used by ``tools/train.py`` / ``tools/test.py``:
+
+- :func:`check_cfg_options`: ``--cfg-options`` keys that name nothing (mmengine silently adds
+  new keys; a top-level typo such as ``max_epoch=3`` or ``trian_dataloader.batch_size=2`` would
+  be ignored by the Runner).
+- :func:`check_dataset_formats`: annotation files that exist but are malformed (a COCO json
+  without ``images``/``annotations``/``categories``, an ADE20K folder whose images have no
+  label maps, an ImageNet list file with bad lines). Missing paths are reported by
+  ``tools/train.py``'s own ``check_datasets``.
+
+Both raise subclasses of ``ValueError`` whose message names the problem and the fix.
+"""
+import difflib
+import json
+import os
+import os.path as osp
+from typing import Iterable, Iterator, List, Optional
+
+#: Top-level keys the Runner (``Runner.from_cfg``) and the tools read besides those a config
+#: usually has. A ``--cfg-options`` key outside the config and this set is a typo.
+RUNNER_KEYS = frozenset({
+    'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg',
+    'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler',
+    'val_evaluator', 'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor',
+    'load_from', 'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer',
+    'default_scope', 'randomness', 'experiment_name', 'runner_type', 'custom_imports',
+    'find_unused_parameters', 'sync_bn', 'compile', 'activation_checkpointing',
+    'efficient_conv_bn_eval', 'strategy', 'tta_model', 'tta_pipeline', 'model_wrapper_cfg',
+    'cfg', 'gpu_ids', 'dist_params',
+})
+
+
+class ConfigKeyError(ValueError):
+    """A ``--cfg-options`` key that the config does not have and nothing reads."""
+
+
+class DatasetFormatError(ValueError):
+    """An annotation file or folder that exists but is not in the expected format."""
+
+
+def check_cfg_options(cfg, options: Optional[dict]) -> None:
+    """Rejects ``--cfg-options`` whose top-level key is neither in ``cfg`` nor read by the Runner.
+
+    Call it with the config *before* ``cfg.merge_from_dict(options)``. Nested keys are checked
+    when their object is built: SPANet and mmengine's loops, hooks and dataloaders raise
+    ``TypeError: ... unexpected keyword argument '<key>'`` for a key they do not take.
+    """
+    if not options:
+        return
+    known = set(cfg.keys()) | RUNNER_KEYS
+    for key in options:
+        top = key.split('.')[0]
+        if top in known:
+            continue
+        close = difflib.get_close_matches(top, sorted(known), n=3)
+        hint = f' Did you mean {" or ".join(repr(c) for c in close)}?' if close else ''
+        raise ConfigKeyError(
+            f'--cfg-options {key}: the config has no key {top!r} and the Runner does not read '
+            f'one, so this option would be silently ignored.{hint} Check the spelling against '
+            'the config (print it with `python -c "from mmengine import Config; '
+            'print(Config.fromfile(\'CONFIG\').pretty_text)"`).')
+
+
+# --- dataset formats ---------------------------------------------------------------------------
+def _leaf_datasets(dataset_cfg) -> Iterator[dict]:
+    if dataset_cfg is None:
+        return
+    if isinstance(dataset_cfg, (list, tuple)):
+        for item in dataset_cfg:
+            yield from _leaf_datasets(item)
+    elif 'datasets' in dataset_cfg:
+        yield from _leaf_datasets(dataset_cfg['datasets'])
+    elif 'dataset' in dataset_cfg:
+        yield from _leaf_datasets(dataset_cfg['dataset'])
+    else:
+        yield dataset_cfg
+
+
+def _join(root: str, path: str) -> str:
+    return path if not root or osp.isabs(path) else osp.join(root, path)
+
+
+COCO_FIELDS = {
+    'images': ('id', 'file_name', 'height', 'width'),
+    'annotations': ('id', 'image_id', 'category_id', 'bbox'),
+    'categories': ('id', 'name'),
+}
+
+
+def check_coco_file(path: str, classes: Optional[Iterable[str]] = None,
+                    with_mask: bool = False) -> None:
+    """A COCO instances json: the three lists, their fields, and the config's classes."""
+    fix = ('Fix the file or use the official COCO annotations '
+           '(annotations/instances_{train,val}2017.json); see docs/datasets.md.')
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DatasetFormatError(f'{path} is not valid JSON ({err}). {fix}') from err
+    if not isinstance(data, dict):
+        raise DatasetFormatError(
+            f'{path} holds a {type(data).__name__}, not a COCO dict with "images", '
+            f'"annotations" and "categories". {fix}')
+    missing = [k for k in COCO_FIELDS if not isinstance(data.get(k), list)]
+    if missing:
+        raise DatasetFormatError(
+            f'{path} is not a COCO instances file: missing or non-list key(s) {missing} '
+            f'(it has {sorted(data)}). {fix}')
+    fields = {k: v + (('segmentation', ) if with_mask and k == 'annotations' else ())
+              for k, v in COCO_FIELDS.items()}
+    for section, required in fields.items():
+        for index, item in enumerate(data[section]):
+            lacking = [f for f in required if not isinstance(item, dict) or f not in item]
+            if lacking:
+                raise DatasetFormatError(
+                    f'{path}: {section}[{index}] lacks {lacking} (every entry of "{section}" '
+                    f'needs {list(required)}). {fix}')
+    if not data['images']:
+        raise DatasetFormatError(f'{path} lists no images. {fix}')
+    if classes is not None:
+        names = {c['name'] for c in data['categories']}
+        absent = [c for c in classes if c not in names]
+        if absent:
+            raise DatasetFormatError(
+                f'{path}: the config\'s classes {absent} are not among the file\'s categories '
+                f'{sorted(names)}, so their images would be dropped silently. Set '
+                '`metainfo=dict(classes=...)` in the dataset config to category names of the '
+                'file.')
+
+
+def check_ade20k_folder(img_dir: str, ann_dir: str, img_suffix: str = '.jpg',
+                        seg_map_suffix: str = '.png') -> None:
+    """Every image of an ADE20K-layout split has its label map."""
+    if not osp.isdir(img_dir) or not osp.isdir(ann_dir):
+        return  # missing paths are tools/train.py's check_datasets' business
+    images = sorted(f for f in os.listdir(img_dir) if f.endswith(img_suffix))
+    if not images:
+        raise DatasetFormatError(
+            f'{img_dir} has no {img_suffix} images. Expected the ADE20K layout '
+            '(images/{training,validation}/*.jpg, annotations/{training,validation}/*.png); '
+            'see docs/datasets.md.')
+    stems = {osp.splitext(f)[0] for f in os.listdir(ann_dir) if f.endswith(seg_map_suffix)}
+    orphans = [f for f in images if f[:-len(img_suffix)] not in stems]
+    if orphans:
+        example = orphans[0]
+        raise DatasetFormatError(
+            f'{len(orphans)} of {len(images)} images in {img_dir} have no label map in '
+            f'{ann_dir} (e.g. {example} needs '
+            f'{osp.join(ann_dir, example[:-len(img_suffix)] + seg_map_suffix)}). Copy the '
+            'annotations of ADEChallengeData2016 next to the images; see docs/datasets.md.')
+
+
+def check_image_list(path: str) -> None:
+    """An ImageNet/CustomDataset list file: ``<relative path> <int label>`` per line."""
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
+                raise DatasetFormatError(
+                    f'{path}, line {number}: {line.strip()!r} is not "<relative image path> '
+                    '<integer label>". Fix the list file (ImageNet meta/train.txt layout).')
+
+
+def check_dataset_formats(cfg, scope: str, phases: List[str]) -> None:
+    """Format checks of every dataset the given phases will read (after path checks)."""
+    for phase in phases:
+        loader = cfg.get(f'{phase}_dataloader')
+        if not loader or (phase != 'train' and cfg.get(f'{phase}_cfg') is None):
+            continue
+        for dataset in _leaf_datasets(loader.get('dataset')):
+            root = dataset.get('data_root') or ''
+            ann_file = dataset.get('ann_file')
+            ann_path = _join(root, ann_file) if ann_file else None
+            if ann_path and not osp.isfile(ann_path):
+                continue
+            if scope == 'mmdet' and ann_path and ann_path.endswith('.json'):
+                classes = (dataset.get('metainfo') or {}).get('classes')
+                with_mask = any(t.get('with_mask') for t in dataset.get('pipeline') or []
+                                if isinstance(t, dict))
+                check_coco_file(ann_path, classes, with_mask)
+            elif scope == 'mmseg' and not ann_file:
+                prefix = dataset.get('data_prefix') or {}
+                img = prefix.get('img_path', 'images/training')
+                seg = prefix.get('seg_map_path', 'annotations/training')
+                check_ade20k_folder(_join(root, img), _join(root, seg),
+                                    dataset.get('img_suffix', '.jpg'),
+                                    dataset.get('seg_map_suffix', '.png'))
+            elif scope == 'mmpretrain' and ann_path and ann_path.endswith('.txt'):
+                check_image_list(ann_path)

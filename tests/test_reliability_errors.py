@@ -1,0 +1,276 @@
+"""Bad input gives one clear error naming the problem and the fix (non-zero exit for tools).
+
+Cases covered elsewhere (not repeated here):
+- unknown arch, incomplete arch dict: tests/test_backbone.py::test_arch_validation
+- out-of-range out_indices: tests/test_backbone.py::test_bad_out_indices
+- out-of-range frozen_stages: tests/test_backbone.py::test_bad_frozen_stages
+- input not 4-D, wrong channel count, below minimum size: tests/test_backbone.py::test_bad_input
+- truncated / corrupt file through the loader: tests/test_checkpoint_loading.py
+  (test_truncated_checkpoint), through the converter: tests/test_conversion.py
+"""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import spanet_mm  # noqa: F401
+from conftest import REPO_ROOT
+from spanet_mm import SPANet
+from spanet_mm.engine import (ConfigKeyError, DatasetFormatError, check_cfg_options,
+                              check_dataset_formats)
+from spanet_mm.engine.checks import check_ade20k_folder, check_coco_file, check_image_list
+
+TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
+TEST = osp.join(REPO_ROOT, 'tools', 'test.py')
+DEMO_CLS = osp.join(REPO_ROOT, 'configs', 'classification', 'demo', 'spanet_demo_cls.py')
+GENERATOR = osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py')
+TINY = dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 48, 64])
+
+CLS_CONFIG = """
+_base_ = {base!r}
+data_root = {data_root!r}
+model = dict(backbone=dict(arch=dict(embed_dims=[16, 32, 48, 64])), head=dict(in_channels=64))
+train_dataloader = dict(dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+custom_hooks = [dict(type='CheckpointCheckHook')]
+"""
+
+
+def run_tool(*args, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO_ROOT)
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp('errors')
+    subprocess.run([sys.executable, GENERATOR, '--out', str(root / 'data')], check=True,
+                   capture_output=True)
+    config = root / 'cls.py'
+    config.write_text(CLS_CONFIG.format(base=DEMO_CLS,
+                                        data_root=str(root / 'data' / 'imagenet')))
+    return root, config
+
+
+def tiny_state(arch=TINY, prefix='backbone.'):
+    model = SPANet(arch=arch, out_indices=(0, 1, 2, 3), init_cfg=None)
+    return {prefix + k: v for k, v in model.state_dict().items()}
+
+
+# --- checkpoints through tools/test.py (load_from into a classifier) ---------------------------
+def test_test_tool_refuses_a_checkpoint_of_another_model(demo, tmp_path):
+    root, config = demo
+    from mmpretrain.models import ResNet
+    resnet = {f'backbone.{k}': v for k, v in ResNet(depth=18).state_dict().items()}
+    torch.save(dict(state_dict=resnet), tmp_path / 'resnet18.pth')
+    result = run_tool(TEST, config, tmp_path / 'resnet18.pth', '--work-dir', tmp_path / 'w')
+    assert result.returncode != 0
+    assert 'does not fit the model at all' in result.stderr
+    assert 'not spanet_mm SPANet' in result.stderr
+
+
+def test_test_tool_refuses_a_checkpoint_of_another_arch(demo, tmp_path):
+    root, config = demo
+    other = dict(layers=[2, 2, 2, 2], embed_dims=[16, 32, 48, 64])  # 'm' is deeper than 's'
+    torch.save(dict(state_dict=tiny_state(other), meta=dict(arch=other)), tmp_path / 'm.pth')
+    result = run_tool(TEST, config, tmp_path / 'm.pth', '--work-dir', tmp_path / 'w')
+    assert result.returncode != 0
+    assert 'another SPANet arch' in result.stderr
+    assert "'layers': [2, 2, 2, 2]" in result.stderr  # names the arch the file holds
+
+
+def test_test_tool_reports_a_truncated_checkpoint(demo, tmp_path):
+    root, config = demo
+    torch.save(dict(state_dict=tiny_state()), tmp_path / 'full.pth')
+    data = (tmp_path / 'full.pth').read_bytes()
+    (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 2])
+    result = run_tool(TEST, config, tmp_path / 'cut.pth', '--work-dir', tmp_path / 'w')
+    assert result.returncode != 0
+    assert 'truncated or corrupt' in result.stderr and 'Re-download' in result.stderr
+
+
+def test_test_tool_reports_a_missing_checkpoint(demo, tmp_path):
+    root, config = demo
+    result = run_tool(TEST, config, tmp_path / 'nope.pth', '--work-dir', tmp_path / 'w')
+    assert result.returncode != 0 and 'not found' in result.stderr
+
+
+def test_unconverted_official_checkpoint_names_the_converter():
+    from spanet_mm.engine import CheckpointMismatchError
+    from spanet_mm.engine.hooks.checkpoint_check_hook import check_state_dict
+    own = tiny_state()
+    official = {'patch_embed.proj.weight': torch.zeros(1), 'network.0.0.norm1.weight':
+                torch.zeros(1)}
+    with pytest.raises(CheckpointMismatchError, match='spanet_official_to_mm.py'):
+        check_state_dict(own, official, source='spanet-small.pth')
+
+
+# --- checkpoints through init_cfg=Pretrained ----------------------------------------------------
+def pretrained(path, arch=TINY):
+    return SPANet(arch=arch, out_indices=(0, 1, 2, 3),
+                  init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='backbone.'))
+
+
+def test_pretrained_checkpoint_of_another_model(tmp_path):
+    torch.save(dict(state_dict={'conv1.weight': torch.zeros(64, 3, 7, 7)}), tmp_path / 'r.pth')
+    with pytest.raises(ValueError, match="no key starting with 'backbone.'.*not a"):
+        pretrained(tmp_path / 'r.pth').init_weights()
+
+
+@pytest.mark.parametrize('other, message', [
+    (dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 64, 96]), 'shape mismatch'),  # s vs b dims
+    (dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 48, 64]), 'missing key'),  # s into deeper m
+])
+def test_pretrained_checkpoint_of_another_arch(tmp_path, other, message):
+    torch.save(dict(state_dict=tiny_state(other), meta=dict(arch=other)), tmp_path / 'o.pth')
+    deeper = dict(layers=[2, 2, 2, 2], embed_dims=[16, 32, 48, 64])
+    with pytest.raises(ValueError, match=f'does not fit SPANet arch.*{message}.*same arch'):
+        pretrained(tmp_path / 'o.pth', arch=deeper).init_weights()
+
+
+def test_pretrained_truncated_checkpoint(tmp_path):
+    from spanet_mm.checkpoint import CheckpointLoadError
+    torch.save(dict(state_dict=tiny_state()), tmp_path / 'full.pth')
+    data = (tmp_path / 'full.pth').read_bytes()
+    (tmp_path / 'cut.pth').write_bytes(data[:1000])
+    with pytest.raises(CheckpointLoadError, match='truncated or corrupt'):
+        pretrained(tmp_path / 'cut.pth').init_weights()
+
+
+def test_pretrained_file_missing_gives_the_conversion_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match='spanet_official_to_mm.py spanet-small.pth'):
+        pretrained(tmp_path / 'checkpoints' / 'spanet_s_in1k.pth').init_weights()
+
+
+# --- datasets -------------------------------------------------------------------------------------
+def test_missing_dataset_names_the_path(demo, tmp_path):
+    root, config = demo
+    missing = tmp_path / 'no_such_imagenet'
+    result = run_tool(TRAIN, config, '--work-dir', tmp_path / 'w', '--cfg-options',
+                      f'train_dataloader.dataset.data_root={missing}')
+    assert result.returncode != 0
+    assert str(missing) in result.stderr and 'Dataset not found' in result.stderr
+    assert not (tmp_path / 'w').exists() or not any((tmp_path / 'w').rglob('*.pth'))
+
+
+@pytest.fixture
+def coco(tmp_path):
+    data = dict(images=[dict(id=1, file_name='a.jpg', height=8, width=8)],
+                annotations=[dict(id=1, image_id=1, category_id=1, bbox=[0, 0, 2, 2],
+                                  segmentation=[[0, 0, 2, 0, 2, 2]], area=4, iscrowd=0)],
+                categories=[dict(id=1, name='circle')])
+    return tmp_path, data
+
+
+@pytest.mark.parametrize('break_it, message', [
+    (lambda d: d.pop('images'), r"missing or non-list key\(s\) \['images'\]"),
+    (lambda d: d.pop('categories'), r"\['categories'\]"),
+    (lambda d: d['annotations'][0].pop('bbox'), r"annotations\[0\] lacks \['bbox'\]"),
+    (lambda d: d['categories'][0].update(name='disk'), "classes \\['circle'\\] are not among"),
+])
+def test_malformed_coco_json(coco, break_it, message):
+    tmp_path, data = coco
+    break_it(data)
+    (tmp_path / 'bad.json').write_text(json.dumps(data))
+    with pytest.raises(DatasetFormatError, match=message):
+        check_coco_file(str(tmp_path / 'bad.json'), classes=['circle'], with_mask=True)
+    (tmp_path / 'bad.json').write_text('{"images": [')
+    with pytest.raises(DatasetFormatError, match='not valid JSON'):
+        check_coco_file(str(tmp_path / 'bad.json'))
+
+
+def test_malformed_coco_json_through_the_config(demo):
+    """check_dataset_formats finds the annotation files of a detection config."""
+    root, _ = demo
+    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs', 'detection', 'demo',
+                                   'mask_rcnn_spanet_demo.py'))
+    coco_root = root / 'data' / 'coco'
+    cfg.train_dataloader.dataset.data_root = str(coco_root) + '/'
+    check_dataset_formats(cfg, 'mmdet', ['train'])  # the generated set is fine
+    data = json.loads((coco_root / 'annotations' / 'instances_train2017.json').read_text())
+    del data['annotations']
+    (coco_root / 'annotations' / 'broken.json').write_text(json.dumps(data))
+    cfg.train_dataloader.dataset.ann_file = 'annotations/broken.json'
+    with pytest.raises(DatasetFormatError, match='broken.json is not a COCO instances file'):
+        check_dataset_formats(cfg, 'mmdet', ['train'])
+
+
+def test_ade20k_images_without_annotations(demo, tmp_path):
+    root, _ = demo
+    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs', 'segmentation', 'demo',
+                                   'fpn_spanet_demo.py'))
+    cfg.train_dataloader.dataset.data_root = str(root / 'data' / 'ade')
+    check_dataset_formats(cfg, 'mmseg', ['train'])
+    # Half the label maps lost (e.g. an interrupted copy).
+    img_dir = tmp_path / 'images' / 'training'
+    ann_dir = tmp_path / 'annotations' / 'training'
+    img_dir.mkdir(parents=True)
+    ann_dir.mkdir(parents=True)
+    for i in range(4):
+        (img_dir / f'ADE_train_{i}.jpg').write_bytes(b'x')
+        if i < 2:
+            (ann_dir / f'ADE_train_{i}.png').write_bytes(b'x')
+    cfg.train_dataloader.dataset.data_root = str(tmp_path)
+    with pytest.raises(DatasetFormatError,
+                       match=r'2 of 4 images .* have no label map .*ADE_train_2.png'):
+        check_dataset_formats(cfg, 'mmseg', ['train'])
+    # An empty annotation folder.
+    for f in ann_dir.iterdir():
+        f.unlink()
+    with pytest.raises(DatasetFormatError, match='4 of 4 images'):
+        check_ade20k_folder(str(img_dir), str(ann_dir))
+
+
+def test_ade20k_folder_without_annotations_through_train_tool(demo, tmp_path):
+    root, _ = demo
+    (tmp_path / 'images' / 'training').mkdir(parents=True)
+    config = osp.join(REPO_ROOT, 'configs', 'segmentation', 'demo', 'fpn_spanet_demo.py')
+    result = run_tool(TRAIN, config, '--work-dir', tmp_path / 'w', '--cfg-options',
+                      f'train_dataloader.dataset.data_root={tmp_path}',
+                      f'val_dataloader.dataset.data_root={tmp_path}')
+    assert result.returncode != 0
+    assert str(tmp_path / 'annotations' / 'training') in result.stderr
+
+
+def test_malformed_image_list(tmp_path):
+    (tmp_path / 'train.txt').write_text('a/1.JPEG 0\na/2.JPEG\n')
+    with pytest.raises(DatasetFormatError, match=r'line 2: .*<integer label>'):
+        check_image_list(str(tmp_path / 'train.txt'))
+
+
+# --- unknown config keys --------------------------------------------------------------------------
+def test_unknown_backbone_key_names_the_key(demo, tmp_path):
+    root, config = demo
+    result = run_tool(TRAIN, config, '--work-dir', tmp_path / 'w', '--cfg-options',
+                      'model.backbone.archh=s')
+    assert result.returncode != 0
+    assert "unexpected keyword argument 'archh'" in result.stderr
+    assert 'SPANet' in result.stderr
+
+
+def test_unknown_nested_runner_key_names_the_key(demo, tmp_path):
+    root, config = demo
+    result = run_tool(TRAIN, config, '--work-dir', tmp_path / 'w', '--cfg-options',
+                      'train_cfg.max_epoch=3')
+    assert result.returncode != 0
+    assert "unexpected keyword argument 'max_epoch'" in result.stderr
+
+
+@pytest.mark.parametrize('key, message', [
+    ('max_epochs', r"no key 'max_epochs'"),
+    ('trian_dataloader.batch_size', r"Did you mean 'train_dataloader'"),
+])
+def test_unknown_top_level_key(demo, key, message):
+    root, config = demo
+    cfg = Config.fromfile(str(config))
+    with pytest.raises(ConfigKeyError, match=message):
+        check_cfg_options(cfg, {key: 3})
+    check_cfg_options(cfg, {'train_cfg.max_epochs': 3, 'model.backbone.drop_path_rate': 0.1,
+                            'find_unused_parameters': True})  # real keys pass
