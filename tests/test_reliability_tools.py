@@ -1,0 +1,76 @@
+"""Analysis and demo tools: plot_spectral_response.py, image_demo.py, the converter's progress."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+PLOT = osp.join(REPO_ROOT, 'tools', 'analysis', 'plot_spectral_response.py')
+IMAGE_DEMO = osp.join(REPO_ROOT, 'tools', 'image_demo.py')
+DEMO_CLS = osp.join(REPO_ROOT, 'configs', 'classification', 'demo', 'spanet_demo_cls.py')
+DEMO_DET = osp.join(REPO_ROOT, 'configs', 'detection', 'demo', 'mask_rcnn_spanet_demo.py')
+DEMO_SEG = osp.join(REPO_ROOT, 'configs', 'segmentation', 'demo', 'fpn_spanet_demo.py')
+
+
+def photo():
+    from matplotlib import cbook
+    return cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
+
+
+def run_tool(*args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO_ROOT)
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def png_is_non_trivial(path, min_side=200):
+    import matplotlib.image as mpimg
+    img = mpimg.imread(str(path))
+    assert img.shape[0] >= min_side and img.shape[1] >= min_side
+    # Not a blank canvas: many distinct colours.
+    return len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20
+
+
+def test_plot_spectral_response(tmp_path):
+    # A checkpoint of the demo classifier, as tools/train.py would write it.
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import spanet_mm  # noqa: F401
+    from mmpretrain.registry import MODELS
+    cfg = Config.fromfile(DEMO_CLS)
+    init_default_scope('mmpretrain')
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    torch.save(dict(state_dict=model.state_dict(), meta=dict()), tmp_path / 'cls.pth')
+
+    out = tmp_path / 'plots'
+    result = run_tool(PLOT, DEMO_CLS, tmp_path / 'cls.pth', '--img', photo(), '--out-dir', out,
+                      '--size', 128)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ('spectral_filters.png', 'feature_spectra.png'):
+        assert png_is_non_trivial(out / name)
+    data = json.loads((out / 'spectral_response.json').read_text())
+    # Stage sizes for a 128 input: 32, 16, 8, 4; radii 2, 2, 1, 1.
+    assert [f['size'] for f in data['filters']] == [[32, 32], [16, 16], [8, 8], [4, 4]]
+    assert [f['radius'] for f in data['filters']] == [2, 2, 1, 1]
+    first = data['filters'][0]['filters'][0]
+    assert first['lam'] == pytest.approx(0.7) and first['gain'][0] == pytest.approx(0.7)
+    assert first['gain'][-1] == pytest.approx(0.3)
+    for spectrum in data['spectra']:
+        assert spectrum['relative_log_amplitude'][0] == 0
+        assert spectrum['frequency'][-1] == pytest.approx(np.pi)
+
+
+def test_plot_spectral_response_refuses_a_wrong_checkpoint(tmp_path):
+    torch.save(dict(state_dict={'conv1.weight': torch.zeros(1)}), tmp_path / 'other.pth')
+    result = run_tool(PLOT, DEMO_CLS, tmp_path / 'other.pth', '--img', photo(), '--out-dir',
+                      tmp_path / 'plots')
+    assert result.returncode != 0 and 'does not fit the model' in result.stderr
+    assert not (tmp_path / 'plots').exists()  # nothing written
