@@ -74,3 +74,28 @@ def test_plot_spectral_response_refuses_a_wrong_checkpoint(tmp_path):
                       tmp_path / 'plots')
     assert result.returncode != 0 and 'does not fit the model' in result.stderr
     assert not (tmp_path / 'plots').exists()  # nothing written
+
+
+def test_image_demo_runs_the_three_inferencers(tmp_path):
+    out = tmp_path / 'demo'
+    result = run_tool(IMAGE_DEMO, DEMO_CLS, DEMO_DET, DEMO_SEG, '--out-dir', out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, ext in (('spanet_demo_cls', 'png'), ('mask_rcnn_spanet_demo', 'jpg'),
+                      ('fpn_spanet_demo', 'jpg')):
+        vis = out / name / 'vis' / f'grace_hopper.{ext}'
+        assert vis.is_file() and png_is_non_trivial(vis), name
+        pred = json.loads((out / name / 'pred.json').read_text())
+        assert pred['checkpoint'] is None
+    assert json.loads((out / 'spanet_demo_cls' / 'pred.json').read_text())['pred_class'] in (
+        'circle', 'square', 'triangle', 'cross')
+    assert not list(out.glob('*.tmp'))
+
+
+def test_image_demo_checks_arguments_before_writing(tmp_path):
+    result = run_tool(IMAGE_DEMO, DEMO_CLS, DEMO_DET, '--checkpoints', 'none',
+                      '--out-dir', tmp_path / 'demo')
+    assert result.returncode != 0 and 'one per config' in result.stderr
+    result = run_tool(IMAGE_DEMO, DEMO_CLS, '--checkpoints', tmp_path / 'missing.pth',
+                      '--out-dir', tmp_path / 'demo')
+    assert result.returncode != 0 and 'missing.pth not found' in result.stderr
+    assert not (tmp_path / 'demo').exists()

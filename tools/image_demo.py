@@ -1,0 +1,139 @@
+# Copyright (c) spanet_mm contributors. All rights reserved.
+"""Run SPANet models on an image with the toolboxes' own inferencers and save the pictures.
+
+Usage::
+
+    python tools/image_demo.py CONFIG [CONFIG ...] [--checkpoints CKPT ...] [--img IMG]
+                               [--out-dir DIR] [--device cpu] [--score-thr 0.3]
+
+Each config is run by the inferencer of its ``default_scope``: mmpretrain's
+``ImageClassificationInferencer``, mmdet's ``DetInferencer`` or mmseg's ``MMSegInferencer``.
+The painted result is saved as ``DIR/<config name>/vis/<image name>`` and the prediction as
+``DIR/<config name>/pred.json`` (top class, box count or class-pixel histogram; mmseg also
+writes the label map to ``pred/``).
+``--checkpoints`` gives one checkpoint per config (``none``: random weights, which exercises
+the code path only). A config's ``Pretrained`` backbone init is not used: the checkpoint holds
+the whole model. ``--img`` defaults to matplotlib's sample photograph of Grace Hopper.
+
+Example::
+
+    python tools/image_demo.py configs/classification/demo/spanet_demo_cls.py \\
+        configs/detection/demo/mask_rcnn_spanet_demo.py \\
+        configs/segmentation/demo/fpn_spanet_demo.py --out-dir work_dirs/image_demo
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import shutil
+import sys
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import spanet_mm  # noqa: F401,E402  registers SPANet, loads Runner checkpoints safely
+import numpy as np  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+
+
+def default_image() -> str:
+    from matplotlib import cbook
+    return cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('configs', nargs='+', help='SPANet config(s) of any of the three tasks')
+    parser.add_argument('--checkpoints', nargs='+',
+                        help="one checkpoint per config ('none' for random weights); "
+                        'default: random weights for all')
+    parser.add_argument('--img', default=None, help='input image (default: Grace Hopper)')
+    parser.add_argument('--out-dir', default='work_dirs/image_demo')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detection: draw boxes above this score')
+    return parser.parse_args(argv)
+
+
+def load_config(path: str) -> Config:
+    cfg = Config.fromfile(path)
+    cfg.model.pop('pretrained', None)
+    backbone = cfg.model.get('backbone')
+    if backbone is not None:
+        backbone.init_cfg = None  # the checkpoint (or random weights) replaces Pretrained init
+    return cfg
+
+
+def classify(cfg, checkpoint, img, out_dir, device, score_thr):
+    from mmpretrain.apis import ImageClassificationInferencer
+    classes = (cfg.get('test_dataloader', {}).get('dataset', {}).get('metainfo') or {}).get(
+        'classes')  # the config's classes, not ImageNet's, for a demo/fine-tuned model
+    inferencer = ImageClassificationInferencer(
+        model=cfg, pretrained=checkpoint or False, device=device, classes=classes)
+    result = inferencer(img, show_dir=osp.join(out_dir, 'vis'))[0]
+    return dict(pred_label=int(result['pred_label']), pred_score=float(result['pred_score']),
+                pred_class=result.get('pred_class'))
+
+
+def detect(cfg, checkpoint, img, out_dir, device, score_thr):
+    from mmdet.apis import DetInferencer
+    inferencer = DetInferencer(model=cfg, weights=checkpoint, device=device,
+                               show_progress=False)
+    result = inferencer(img, out_dir=out_dir, pred_score_thr=score_thr, no_save_pred=True)
+    pred = result['predictions'][0]
+    scores = np.asarray(pred['scores'])
+    return dict(boxes=len(scores), boxes_above_thr=int((scores > score_thr).sum()))
+
+
+def segment(cfg, checkpoint, img, out_dir, device, score_thr):
+    from mmseg.apis import MMSegInferencer
+    inferencer = MMSegInferencer(model=cfg, weights=checkpoint, device=device)
+    result = inferencer(img, out_dir=out_dir, img_out_dir='vis', pred_out_dir='pred')
+    labels, counts = np.unique(np.asarray(result['predictions']), return_counts=True)
+    return dict(class_pixels={int(k): int(v) for k, v in zip(labels, counts)})
+
+
+TASKS = {'mmpretrain': classify, 'mmdet': detect, 'mmseg': segment}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    img = args.img or default_image()
+    checkpoints = args.checkpoints or ['none'] * len(args.configs)
+    if len(checkpoints) != len(args.configs):
+        raise SystemExit(f'error: {len(args.configs)} config(s) but {len(checkpoints)} '
+                         'checkpoint(s); give one per config (or none at all).')
+    if not osp.isfile(img):
+        raise SystemExit(f'error: image {img} not found.')
+    jobs = []
+    for config, checkpoint in zip(args.configs, checkpoints):  # check everything first
+        if not osp.isfile(config):
+            raise SystemExit(f'error: config {config} not found.')
+        checkpoint = None if checkpoint.lower() == 'none' else checkpoint
+        if checkpoint is not None and not osp.isfile(checkpoint):
+            raise SystemExit(f'error: checkpoint {checkpoint} not found.')
+        cfg = load_config(config)
+        scope = cfg.get('default_scope')
+        if scope not in TASKS:
+            raise SystemExit(f'error: {config}: default_scope {scope!r} is none of {list(TASKS)}.')
+        jobs.append((config, cfg, checkpoint, scope))
+    for config, cfg, checkpoint, scope in jobs:
+        out_dir = osp.join(args.out_dir, osp.splitext(osp.basename(config))[0])
+        tmp_dir = out_dir + '.tmp'
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        os.makedirs(osp.join(tmp_dir, 'vis'))
+        try:
+            summary = TASKS[scope](cfg, checkpoint, img, tmp_dir, args.device, args.score_thr)
+            with open(osp.join(tmp_dir, 'pred.json'), 'w') as f:
+                json.dump(dict(config=config, checkpoint=checkpoint, image=img, **summary), f,
+                          indent=1)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            os.replace(tmp_dir, out_dir)  # no half-written result folder
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        print(f'{scope}: {config} -> {out_dir}/vis ({summary})')
+
+
+if __name__ == '__main__':
+    main()
