@@ -99,3 +99,15 @@ def test_image_demo_checks_arguments_before_writing(tmp_path):
                       '--out-dir', tmp_path / 'demo')
     assert result.returncode != 0 and 'missing.pth not found' in result.stderr
     assert not (tmp_path / 'demo').exists()
+
+
+def test_converter_progress_and_non_finite_warning(official_fixture, tmp_path):
+    converter = osp.join(REPO_ROOT, 'tools', 'model_converters', 'spanet_official_to_mm.py')
+    state = dict(official_fixture['classification']['state_dict'])
+    state['head.bias'] = torch.full_like(state['head.bias'], float('nan'))
+    torch.save(state, tmp_path / 'src.pth')
+    result = run_tool(converter, tmp_path / 'src.pth', tmp_path / 'dst.pth')
+    assert result.returncode == 0, result.stderr
+    total = len(torch.load(tmp_path / 'dst.pth', weights_only=True)['state_dict'])
+    assert f'{total}/{total}' in result.stderr  # the progress bar reached the end
+    assert "NaN or Inf values, e.g. ['head.fc.bias']" in result.stderr

@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 import torch
+from mmengine.utils import ProgressBar
 
 from spanet_mm.conversion import CheckpointConversionError, convert_official
 
@@ -48,6 +49,21 @@ def save_atomically(obj, dst: str) -> None:
         raise
 
 
+def check_values(state_dict) -> None:
+    """Looks at every converted tensor (with a progress bar, to stderr: large models take a
+    while) and warns about NaN/Inf values, which usually mean a damaged download."""
+    progress = ProgressBar(len(state_dict), file=sys.stderr)
+    non_finite = []
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            non_finite.append(key)
+        progress.update()
+    sys.stderr.write('\n')
+    if non_finite:
+        print(f'warning: {len(non_finite)} tensor(s) hold NaN or Inf values, e.g. '
+              f'{non_finite[:3]}; the source file may be damaged.', file=sys.stderr)
+
+
 def main():
     args = parse_args()
     if not osp.isfile(args.src):
@@ -65,6 +81,7 @@ def main():
     if args.arch is not None and meta['arch_name'] != args.arch:
         sys.exit(f'error: {args.src} holds SPANet arch {meta["arch_name"] or meta["arch"]}, '
                  f'not {args.arch!r}.')
+    check_values(state_dict)
     save_atomically(dict(state_dict=state_dict, meta=meta), args.dst)
     print(f'Converted {len(state_dict)} tensors (arch {meta["arch_name"] or meta["arch"]}, '
           f'head: {"yes" if meta["has_head"] else "no"}) to {args.dst}')
