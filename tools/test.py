@@ -17,6 +17,7 @@ Usage::
 ``--show-dir`` is used as given (not under the work dir). Multi-GPU: ``tools/dist_test.sh``.
 """
 import argparse
+import json
 import os.path as osp
 import sys
 
@@ -26,6 +27,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from train import (ToolError, build_runner, check_datasets, get_scope,  # noqa: E402
                    set_dataloader_defaults, set_launcher, set_work_dir)
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
+from mmengine.logging import print_log  # noqa: E402
 
 DEFAULT_TTA_MODEL = {
     'mmpretrain': dict(type='AverageClsScoreTTA'),
@@ -82,7 +84,7 @@ def _out_mmseg(cfg: Config, out: str) -> None:
 
 def _show_mmpretrain(cfg: Config, show_dir: str) -> None:
     hook = _visualization_hook(cfg)
-    hook.update(enable=True, out_dir=show_dir)
+    hook.update(enable=True, out_dir=show_dir, interval=1)  # every image
 
 
 def _show_mmdet(cfg: Config, show_dir: str) -> None:
@@ -148,7 +150,13 @@ def main(argv=None) -> None:
     check_datasets(cfg, scope, ['test'])
 
     runner = build_runner(cfg)
-    runner.test()
+    metrics = runner.test()
+    if runner.rank == 0:
+        # Also as JSON, for scripts (tools/demo.sh) and tests.
+        path = osp.join(cfg.work_dir, 'test_metrics.json')
+        with open(path, 'w') as f:
+            json.dump(metrics, f, indent=1)
+        print_log(f'Test metrics written to {path}', logger='current')
 
 
 if __name__ == '__main__':
