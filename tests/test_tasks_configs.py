@@ -1,0 +1,183 @@
+"""Every shipped config parses, keeps its recipe and builds its model under its scope.
+
+Also: the backbone's Pretrained init from the det/seg configs (missing file -> the conversion
+command; ``init_cfg=None`` -> from scratch), and the RetinaNet layout that leaves no parameter
+unused under DDP.
+"""
+import glob
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+
+import spanet_mm  # noqa: F401
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG_DIR = osp.join(REPO_ROOT, 'configs')
+SCOPE_OF_TASK = {'classification': 'mmpretrain', 'detection': 'mmdet', 'segmentation': 'mmseg'}
+TINY_ARCH = dict(layers=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128])
+
+
+def _all_configs():
+    configs = []
+    for task in SCOPE_OF_TASK:
+        for path in sorted(glob.glob(osp.join(CONFIG_DIR, task, '**', '*.py'), recursive=True)):
+            if '_base_' not in path.split(osp.sep):
+                configs.append(osp.relpath(path, CONFIG_DIR))
+    return configs
+
+
+ALL_CONFIGS = _all_configs()
+DET_SEG_CONFIGS = [c for c in ALL_CONFIGS
+                   if c.split(osp.sep)[0] in ('detection', 'segmentation') and 'demo' not in c]
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load(rel_path, **options) -> Config:
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, rel_path))
+    if options:
+        cfg.merge_from_dict(options)
+    return cfg
+
+
+def build_model(cfg):
+    init_default_scope(cfg.default_scope)
+    from mmengine.registry import MODELS
+    model_cfg = cfg.model
+    if cfg.get('data_preprocessor') and 'data_preprocessor' not in model_cfg:
+        model_cfg.data_preprocessor = cfg.data_preprocessor
+    return MODELS.build(model_cfg)
+
+
+def test_configs_found():
+    tasks = {c.split(osp.sep)[0] for c in ALL_CONFIGS}
+    assert tasks == set(SCOPE_OF_TASK)
+    for name in ('detection/retinanet_spanet_s_1x.py', 'detection/retinanet_spanet_m_1x.py',
+                 'detection/mask_rcnn_spanet_s_1x.py', 'detection/mask_rcnn_spanet_m_1x.py',
+                 'segmentation/fpn_spanet_s_80k.py', 'segmentation/fpn_spanet_m_80k.py'):
+        assert name in ALL_CONFIGS
+    assert sum('demo' in c for c in ALL_CONFIGS) == 3
+
+
+@pytest.mark.parametrize('rel_path', ALL_CONFIGS)
+def test_config_builds_under_its_scope(rel_path):
+    cfg = load(rel_path, **{'model.backbone.init_cfg': None})
+    task = rel_path.split(osp.sep)[0]
+    assert cfg.default_scope == SCOPE_OF_TASK[task]
+    assert cfg.custom_imports == dict(imports=['spanet_mm'], allow_failed_imports=False)
+    with open(osp.join(CONFIG_DIR, rel_path)) as f:
+        assert f.readline().startswith('#'), 'every config opens with a recipe comment'
+    model = build_model(cfg)
+    backbone = model.backbone
+    assert type(backbone).__name__ == 'SPANet'
+    if task != 'classification':
+        expected = [backbone.embed_dims[i] for i in backbone.out_indices]
+        assert list(cfg.model.neck.in_channels) == expected
+        assert model.neck.in_channels == expected
+
+
+@pytest.mark.parametrize('variant', ['s', 'm'])
+def test_detection_recipes(variant):
+    retina = load(f'detection/retinanet_spanet_{variant}_1x.py')
+    backbone = retina.model.backbone
+    assert backbone.arch == variant and backbone.drop_path_rate == 0
+    assert tuple(backbone.out_indices) == (1, 2, 3)
+    assert retina.model.neck.in_channels == [128, 320, 512]
+    assert retina.model.neck.start_level == 0
+    assert retina.model.neck.add_extra_convs == 'on_input' and retina.model.neck.num_outs == 5
+    assert retina.optim_wrapper.optimizer == dict(type='AdamW', lr=1e-4, weight_decay=1e-4)
+    assert retina.auto_scale_lr.base_batch_size == 16
+    assert backbone.init_cfg == dict(type='Pretrained', prefix='backbone.',
+                                     checkpoint=f'checkpoints/spanet_{variant}_in1k.pth')
+
+    mask = load(f'detection/mask_rcnn_spanet_{variant}_1x.py')
+    assert mask.model.backbone.arch == variant and mask.model.backbone.drop_path_rate == 0
+    assert mask.model.neck.in_channels == [64, 128, 320, 512]
+    assert mask.optim_wrapper.optimizer == dict(type='AdamW', lr=2e-4, weight_decay=1e-4)
+    assert mask.auto_scale_lr.base_batch_size == 8
+    assert mask.train_dataloader.batch_size == 2
+    assert mask.train_cfg.max_epochs == 12
+
+
+@pytest.mark.parametrize('variant,drop_path', [('s', 0.1), ('m', 0.2)])
+def test_segmentation_recipe(variant, drop_path):
+    cfg = load(f'segmentation/fpn_spanet_{variant}_80k.py')
+    assert cfg.model.pretrained is None
+    assert cfg.model.backbone.arch == variant
+    assert cfg.model.backbone.drop_path_rate == drop_path
+    assert cfg.model.backbone.init_cfg.checkpoint == f'checkpoints/spanet_{variant}_in1k.pth'
+    assert cfg.model.neck.out_channels == 256 and cfg.model.neck.num_outs == 4
+    assert cfg.model.decode_head.channels == 128 and cfg.model.decode_head.num_classes == 150
+    assert cfg.crop_size == (512, 512) and cfg.model.data_preprocessor.size == (512, 512)
+    assert cfg.optim_wrapper.optimizer == dict(type='AdamW', lr=2e-4, weight_decay=1e-4)
+    assert cfg.param_scheduler == [dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0,
+                                        end=80000, by_epoch=False)]
+    assert cfg.train_cfg.max_iters == 80000 and cfg.train_dataloader.batch_size == 2
+    for loader in (cfg.val_dataloader, cfg.test_dataloader):
+        types = [t['type'] for t in loader.dataset.pipeline]
+        assert types.index('ResizeToMultiple') == types.index('Resize') + 1
+        assert loader.dataset.pipeline[types.index('ResizeToMultiple')].size_divisor == 32
+
+
+@pytest.mark.parametrize('rel_path', DET_SEG_CONFIGS)
+def test_missing_pretrained_file_names_the_conversion(rel_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ here
+    cfg = load(rel_path)
+    cfg.model.backbone.arch = dict(TINY_ARCH)  # only the init matters here
+    cfg.model.neck.in_channels = [[32, 64, 96, 128][i] for i in
+                                  _out_indices(cfg.model.backbone.get('out_indices'))]
+    model = build_model(cfg)
+    with pytest.raises(FileNotFoundError) as err:
+        model.init_weights()
+    message = str(err.value)
+    variant = 's' if '_s_' in rel_path else 'm'
+    assert f'checkpoints/spanet_{variant}_in1k.pth' in message
+    assert 'spanet_official_to_mm.py' in message
+    assert 'model.backbone.init_cfg=None' in message
+
+
+def _out_indices(value):
+    return tuple(value) if value is not None else (3, )
+
+
+@pytest.mark.parametrize('rel_path', ['detection/mask_rcnn_spanet_s_1x.py',
+                                      'segmentation/fpn_spanet_s_80k.py'])
+def test_init_cfg_none_trains_from_scratch(rel_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load(rel_path, **{'model.backbone.init_cfg': None})
+    model = build_model(cfg)
+    weight = model.backbone.downsample_layers[0].weight.detach().clone()
+    model.init_weights()  # no file needed
+    assert torch.isfinite(model.backbone.downsample_layers[0].weight).all()
+    assert weight.shape == model.backbone.downsample_layers[0].weight.shape
+
+
+def test_retinanet_has_no_unused_parameters():
+    """RetinaNet (stages 1-3 into the FPN) gives every trainable parameter a gradient, so DDP
+    needs no find_unused_parameters."""
+    from mmdet.testing import demo_mm_inputs
+    cfg = load('detection/retinanet_spanet_s_1x.py', **{'model.backbone.init_cfg': None})
+    cfg.model.backbone.arch = dict(TINY_ARCH)
+    cfg.model.neck.in_channels = [64, 96, 128]
+    cfg.model.bbox_head.num_classes = 2
+    model = build_model(cfg)
+    model.init_weights()
+    torch.manual_seed(0)
+    packed = demo_mm_inputs(2, [[3, 96, 96], [3, 96, 96]], num_items=[2, 1], num_classes=2)
+    data = model.data_preprocessor(packed, True)
+    losses = model(**data, mode='loss')
+    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items()
+                if 'loss' in k)
+    total.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused
+    assert not hasattr(model.backbone, 'norm0')
