@@ -68,11 +68,21 @@ def test_plot_spectral_response(tmp_path):
         assert spectrum['frequency'][-1] == pytest.approx(np.pi)
 
 
+def load_tool(path):
+    """The tool as a module, to call its main() in-process (faster than a subprocess)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(osp.splitext(osp.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_plot_spectral_response_refuses_a_wrong_checkpoint(tmp_path):
+    from spanet_mm.engine import CheckpointMismatchError
     torch.save(dict(state_dict={'conv1.weight': torch.zeros(1)}), tmp_path / 'other.pth')
-    result = run_tool(PLOT, DEMO_CLS, tmp_path / 'other.pth', '--img', photo(), '--out-dir',
-                      tmp_path / 'plots')
-    assert result.returncode != 0 and 'does not fit the model' in result.stderr
+    with pytest.raises(CheckpointMismatchError, match='does not fit the model'):
+        load_tool(PLOT).main([DEMO_CLS, str(tmp_path / 'other.pth'), '--img', photo(),
+                              '--out-dir', str(tmp_path / 'plots')])
     assert not (tmp_path / 'plots').exists()  # nothing written
 
 
@@ -92,13 +102,13 @@ def test_image_demo_runs_the_three_inferencers(tmp_path):
 
 
 def test_image_demo_checks_arguments_before_writing(tmp_path):
-    result = run_tool(IMAGE_DEMO, DEMO_CLS, DEMO_DET, '--checkpoints', 'none',
-                      '--out-dir', tmp_path / 'demo')
-    assert result.returncode != 0 and 'one per config' in result.stderr
-    result = run_tool(IMAGE_DEMO, DEMO_CLS, '--checkpoints', tmp_path / 'missing.pth',
-                      '--out-dir', tmp_path / 'demo')
-    assert result.returncode != 0 and 'missing.pth not found' in result.stderr
-    assert not (tmp_path / 'demo').exists()
+    tool = load_tool(IMAGE_DEMO)
+    with pytest.raises(SystemExit, match='one per config'):
+        tool.main([DEMO_CLS, DEMO_DET, '--checkpoints', 'none', '--out-dir', str(tmp_path / 'd')])
+    with pytest.raises(SystemExit, match='missing.pth not found'):
+        tool.main([DEMO_CLS, '--checkpoints', str(tmp_path / 'missing.pth'),
+                   '--out-dir', str(tmp_path / 'd')])
+    assert not (tmp_path / 'd').exists()
 
 
 def test_converter_progress_and_non_finite_warning(official_fixture, tmp_path):
