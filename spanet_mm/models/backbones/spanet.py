@@ -21,6 +21,10 @@ from ..layers import SPECTRAL_IMPLS, SpectralPoolingMixer
 MIN_INPUT_SIZE = 32
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 class ConvMlp(nn.Module):
     """Channel MLP on NCHW maps: 1x1 conv, activation, 1x1 conv."""
 
@@ -288,12 +292,17 @@ class SPANet(BaseModule):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         self._check_input(x)
+        # On CPU every 1x1 conv is a GEMM that oneDNN runs much faster on NHWC (channels_last)
+        # maps than on NCHW ones, so the stages run NHWC; the outputs get the input's layout.
+        out_format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        if x.device.type == 'cpu':
+            x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for i in range(self.num_stages):
             x = self.downsample_layers[i](x)
             x = self.stages[i](x)
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x))
+                outs.append(getattr(self, f'norm{i}')(x).contiguous(memory_format=out_format))
             if i == self.out_indices[-1]:
                 break  # later stages would compute outputs nobody asked for
         return tuple(outs)

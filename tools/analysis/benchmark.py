@@ -1,0 +1,288 @@
+# Copyright (c) spanet_mm contributors. All rights reserved.
+"""Throughput and peak memory of SPANet ('auto' and 'fft' spectral pooling) against ConvNeXt-T and
+PoolFormer-S24 (mmpretrain), in one process.
+
+Every model is timed in the same loop, one iteration of each in turn (interleaved, so a noisy
+machine slows all of them alike), and the median over ``--repeats`` rounds is reported.
+
+- forward: ``model.eval()`` under ``torch.no_grad()``.
+- train: ``model.train()``, forward, ``sum(out.mean())`` backward and an AdamW step (gradients
+  set to None first, so their allocation counts).
+- peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before
+  the step; on CPU the rise of the process's peak resident memory (``VmHWM``, reset through
+  ``/proc/self/clear_refs``) over its resident memory before the step, with glibc's mmap
+  threshold pinned to 128 KiB and free heap memory trimmed first, so that every tensor buffer
+  is mapped when allocated and unmapped when freed (the peak is then that of the live tensors
+  plus the kernels' scratch memory). Memory is measured after the timing rounds, one step per
+  model.
+
+Example::
+
+    python tools/analysis/benchmark.py --threads 2 --repeats 7 --json work_dirs/bench.json
+"""
+import argparse
+import ctypes
+import json
+import os
+import os.path as osp
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+SPANET_ARCHS = ('s', 'm', 'mx', 'b', 'bx')
+DEFAULT_MODELS = ['spanet-s', 'spanet-s-fft', 'spanet-m', 'spanet-m-fft', 'spanet-b',
+                  'spanet-b-fft', 'convnext-t', 'poolformer-s24']
+REFERENCE = 'convnext-t'
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def available_models() -> List[str]:
+    names = []
+    for arch in SPANET_ARCHS:
+        names += [f'spanet-{arch}', f'spanet-{arch}-lowrank', f'spanet-{arch}-fft']
+    return names + ['convnext-t', 'poolformer-s24']
+
+
+def build_model(name: str) -> torch.nn.Module:
+    if name.startswith('spanet-'):
+        from spanet_mm.models import SPANet
+        parts = name.split('-')
+        impl = parts[2] if len(parts) > 2 else 'auto'
+        return SPANet(arch=parts[1], spectral_impl=impl)
+    if name == 'convnext-t':
+        from mmpretrain.models import ConvNeXt
+        return ConvNeXt(arch='tiny')
+    if name == 'poolformer-s24':
+        from mmpretrain.models import PoolFormer
+        return PoolFormer(arch='s24')
+    raise ValueError(f'Unknown model {name!r}; choose from {available_models()}.')
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Interleaved throughput / peak-memory benchmark of SPANet and baselines.')
+    parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS,
+                        help=f'models to run, from {available_models()}')
+    parser.add_argument('--batch', type=int, default=8, help='batch size')
+    parser.add_argument('--size', type=int, nargs='+', default=[224],
+                        help='input size: S (square) or H W')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch CPU threads (default: torch default)')
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='channels_last inputs and models (all models)')
+    parser.add_argument('--dtype', choices=sorted(DTYPES), default='float32',
+                        help='float32, or autocast to bfloat16 / float16')
+    parser.add_argument('--repeats', type=int, default=5,
+                        help='timed rounds (each runs every model once); the median is reported')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed rounds first')
+    parser.add_argument('--modes', nargs='+', choices=['forward', 'train'],
+                        default=['forward', 'train'])
+    parser.add_argument('--no-memory', action='store_true', help='skip the peak memory steps')
+    parser.add_argument('--json', metavar='OUT', help='also write the results as JSON')
+    args = parser.parse_args()
+    if len(args.size) == 1:
+        args.size = args.size * 2
+    if len(args.size) != 2:
+        parser.error('--size takes one or two integers')
+    unknown = [m for m in args.models if m not in available_models()]
+    if unknown:
+        parser.error(f'unknown model(s) {unknown}; choose from {available_models()}')
+    if args.dtype == 'float16' and not args.device.startswith('cuda'):
+        parser.error('--dtype float16 needs --device cuda (use bfloat16 on CPU)')
+    return args
+
+
+class Runner:
+    """One model with its input, optimizer and the two timed steps."""
+
+    def __init__(self, name: str, args):
+        self.name = name
+        self.device = torch.device(args.device)
+        torch.manual_seed(0)
+        self.model = build_model(name).to(self.device)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=fmt)
+        self.inputs = torch.randn(args.batch, 3, *args.size, device=self.device).contiguous(
+            memory_format=fmt)
+        self.dtype = DTYPES[args.dtype]
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype,
+                              enabled=self.dtype != torch.float32)
+
+    def forward(self) -> None:
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            self.model(self.inputs)
+
+    def train(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            outs = self.model(self.inputs)
+        loss = sum(out.float().mean() for out in outs)
+        loss.backward()
+        self.optimizer.step()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+class PeakMemory:
+    """Peak memory of one call, in bytes above what was in use before it (see module doc)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.libc = None
+        if device.type == 'cpu':
+            if not (platform.system() == 'Linux' and osp.exists('/proc/self/clear_refs')):
+                raise RuntimeError('CPU peak memory needs Linux /proc (use --no-memory)')
+            self.libc = ctypes.CDLL('libc.so.6')
+            m_trim_threshold, m_mmap_threshold = -1, -3
+            self.libc.mallopt(m_mmap_threshold, 128 * 1024)
+            self.libc.mallopt(m_trim_threshold, 128 * 1024)
+
+    @staticmethod
+    def _status_bytes(key: str) -> int:
+        with open('/proc/self/status') as f:
+            return int(re.search(key + r':\s+(\d+) kB', f.read()).group(1)) * 1024
+
+    def __call__(self, fn: Callable[[], None]) -> int:
+        if self.device.type == 'cuda':
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            fn()
+            synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - base
+        self.libc.malloc_trim(0)
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # resets VmHWM to the current VmRSS
+        base = self._status_bytes('VmRSS')
+        fn()
+        return self._status_bytes('VmHWM') - base
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a is not None and b else None
+
+
+def fmt(value, spec: str) -> str:
+    return '-' if value is None else format(value, spec)
+
+
+def main():
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from mmengine.utils import ProgressBar
+
+    runners = [Runner(name, args) for name in args.models]
+    steps = [(mode, runner) for mode in args.modes for runner in runners]
+    device = runners[0].device
+    times: Dict[str, Dict[str, List[float]]] = {m: {r.name: [] for r in runners}
+                                                for m in args.modes}
+    rounds = args.warmup + args.repeats
+    print(f'{len(runners)} models, {rounds} rounds ({args.warmup} warm-up), batch {args.batch}, '
+          f'{args.size[0]}x{args.size[1]}, {args.dtype}, {args.device}, '
+          f'{torch.get_num_threads()} threads' + (', channels_last' if args.channels_last
+                                                  else ''))
+    bar = ProgressBar(rounds * len(steps) + (0 if args.no_memory else len(steps)))
+    for round_idx in range(rounds):
+        for mode, runner in steps:
+            elapsed = timed(getattr(runner, mode), device)
+            if round_idx >= args.warmup:
+                times[mode][runner.name].append(elapsed)
+            bar.update()
+
+    memory: Dict[str, Dict[str, int]] = {m: {} for m in args.modes}
+    if not args.no_memory:
+        peak = PeakMemory(device)
+        for mode, runner in steps:
+            memory[mode][runner.name] = peak(getattr(runner, mode))
+            bar.update()
+    sys.stdout.write('\n')
+
+    results = {}
+    for runner in runners:
+        row = dict(params_M=runner.params / 1e6)
+        for mode in args.modes:
+            median = statistics.median(times[mode][runner.name])
+            row[f'{mode}_img_s'] = args.batch / median
+            row[f'{mode}_s_per_batch'] = median
+            row[f'{mode}_times'] = times[mode][runner.name]
+            if runner.name in memory[mode]:
+                row[f'{mode}_peak_MiB'] = memory[mode][runner.name] / 2**20
+        results[runner.name] = row
+
+    def fft_of(name: str) -> Optional[str]:
+        if name.startswith('spanet-') and not name.endswith('-fft'):
+            other = 'spanet-' + name.split('-')[1] + '-fft'
+            return other if other in results else None
+        return None
+
+    header = ['model', 'params (M)']
+    for mode in args.modes:
+        header += [f'{mode} img/s', f'{mode} vs ConvNeXt-T', f'{mode} vs fft']
+        if not args.no_memory:
+            header += [f'{mode} peak MiB', f'{mode} peak vs fft']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for name, row in results.items():
+        ref, fft = results.get(REFERENCE), results.get(fft_of(name) or '')
+        cells = [name, f'{row["params_M"]:.1f}']
+        for mode in args.modes:
+            speed = row[f'{mode}_img_s']
+            rel_ref = ratio(speed, ref and ref[f'{mode}_img_s'])
+            rel_fft = ratio(speed, fft and fft[f'{mode}_img_s'])
+            row[f'{mode}_vs_{REFERENCE}'] = rel_ref
+            row[f'{mode}_vs_fft'] = rel_fft
+            cells += [f'{speed:.2f}', fmt(rel_ref, '.2f') + ('x' if rel_ref else ''),
+                      fmt(rel_fft, '.2f') + ('x' if rel_fft else '')]
+            if not args.no_memory:
+                mem = row.get(f'{mode}_peak_MiB')
+                mem_fft = ratio(mem, fft and fft.get(f'{mode}_peak_MiB'))
+                row[f'{mode}_peak_vs_fft'] = mem_fft
+                cells += [fmt(mem, '.0f'), fmt(mem_fft, '.2f') + ('x' if mem_fft else '')]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    print('\n'.join(lines))
+
+    if args.json:
+        meta = dict(command=' '.join([osp.basename(sys.executable)] + sys.argv),
+                    batch=args.batch, size=args.size, dtype=args.dtype, device=args.device,
+                    threads=torch.get_num_threads(), channels_last=args.channels_last,
+                    repeats=args.repeats, torch=torch.__version__,
+                    cpu=platform.processor() or platform.machine(),
+                    memory_method=('cuda max_memory_allocated' if device.type == 'cuda' else
+                                   'peak RSS rise (VmHWM), mmap threshold 128 KiB'))
+        out_dir = osp.dirname(osp.abspath(args.json))
+        os.makedirs(out_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out_dir, suffix='.tmp')
+        with os.fdopen(fd, 'w') as f:
+            json.dump(dict(meta=meta, results=results, table=lines), f, indent=2)
+        os.replace(tmp, args.json)
+        print(f'wrote {args.json}')
+
+
+if __name__ == '__main__':
+    main()
