@@ -1,5 +1,6 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
 """SPAM, SPANet's token mixer (spectral pooling aggregation modulation)."""
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -224,6 +225,42 @@ class SpectralPoolingMixer(nn.Module):
         mixed = torch.matmul(weight, project(x, basis) * gains)
         return expand_add(ctx, mixed.to(ctx.dtype), basis.to(ctx.dtype))
 
+    def _context_traceable(self, x: Tensor) -> Tensor:
+        """The lowrank context with the Fourier modes built from ``x``'s shape by tensor ops.
+
+        Used when compiling or exporting, so that the graph holds no size-specific constant and
+        follows dynamic input sizes. Every candidate bin ``(a, b)`` with ``a^2 + b^2 <= r^2`` is
+        projected separately with its complex exponential, ``Re(e e^H x) / (H W) = (c c^T + s
+        s^T) x / (H W)`` for ``c, s = cos, sin(2 pi (a h / H + b w / W))``; a bin that the
+        (fftshifted) grid of this size does not have gets gain 0. The bins of a grid are
+        distinct, so this equals the filter for every size, odd, even and tiny ones included.
+        """
+        offsets = [(a, b) for a in range(-self.radius, self.radius + 1)
+                   for b in range(-self.radius, self.radius + 1)
+                   if a * a + b * b <= self.radius**2]
+        sizes = torch._shape_as_tensor(x)[-2:].to(x.device)
+        height, width = sizes[0], sizes[1]
+        rows = torch.arange(height, device=x.device).to(torch.float32)
+        cols = torch.arange(width, device=x.device).to(torch.float32)
+        off_a = torch.tensor([a for a, _ in offsets], dtype=torch.float32, device=x.device)
+        off_b = torch.tensor([b for _, b in offsets], dtype=torch.float32, device=x.device)
+        theta = (off_a[:, None, None] * rows[None, :, None] / height.to(torch.float32) +
+                 off_b[:, None, None] * cols[None, None, :] / width.to(torch.float32)) \
+            * (2 * math.pi)
+        basis = torch.cat([torch.cos(theta), torch.sin(theta)]).reshape(2 * len(offsets), -1)
+        # Which candidate bins exist on the fftshifted grid: -(n // 2) <= offset <= (n - 1) // 2.
+        exists = ((off_a >= -(height // 2)) & (off_a <= (height - 1) // 2) &
+                  (off_b >= -(width // 2)) & (off_b <= (width - 1) // 2)).to(torch.float32)
+        on_circle = torch.tensor([a * a + b * b == self.radius**2 for a, b in offsets],
+                                 device=x.device)
+        gains = self._mode_gains(on_circle, off_a) * (exists / (height * width).to(torch.float32))
+        gains = torch.cat([gains, gains], dim=1)  # (C_in, 2K): the cos and the sin modes
+        weight, bias = self.fused_context_weights(x.dtype)
+        basis = basis.to(x.dtype)
+        ctx = F.conv2d(x, weight[..., None, None], bias)
+        mixed = torch.matmul(weight, project(x, basis) * gains.to(x.dtype))
+        return expand_add(ctx, mixed.to(ctx.dtype), basis.to(ctx.dtype))
+
     def _context_fft(self, x: Tensor) -> Tensor:
         ctx = 0
         for chunk, lam, proj in zip(
@@ -247,6 +284,8 @@ class SpectralPoolingMixer(nn.Module):
         x = self.dwconv_7x1(self.dwconv_1x7(x))
         if self.spectral_impl == 'fft':
             ctx = self._context_fft(x)
+        elif _is_tracing():
+            ctx = self._context_traceable(x)
         else:
             ctx = self._context_lowrank(x)
         return self.proj_out(x * ctx)
