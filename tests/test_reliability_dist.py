@@ -34,8 +34,18 @@ TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
 GENERATOR = osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py')
 DATA_DIR = osp.join(REPO_ROOT, 'tests', 'data')
 
-pytestmark = pytest.mark.skipif(not osp.isfile(DIST_TRAIN),
-                                reason='tools/dist_train.sh has not landed yet')
+with open(TRAIN) as f:
+    # mmengine 0.10.7 cannot start DDP without CUDA by itself (docs/reliability.md, section 2).
+    CPU_DDP_WIRED = 'prepare_cpu_distributed' in f.read() or 'SPANET_DIST_TRAIN' in os.environ
+
+pytestmark = [
+    pytest.mark.skipif(not osp.isfile(DIST_TRAIN), reason='tools/dist_train.sh is missing'),
+    pytest.mark.xfail(
+        not CPU_DDP_WIRED, run=False,
+        reason='tools/train.py does not call spanet_mm.engine.prepare_cpu_distributed(cfg, '
+        'launcher) yet; without it `--launcher pytorch` fails on CPU ("Found no NVIDIA '
+        'driver", then DDP device_ids)'),
+]
 
 COMMON = """
 custom_imports = dict(imports=['spanet_mm', 'rank_loss_recorder'], allow_failed_imports=False)

@@ -2,9 +2,10 @@
 """Runner-level reliability: exact resume, checkpoint and input checks."""
 from .checks import (ConfigKeyError, DatasetFormatError, check_cfg_options,
                      check_dataset_formats)
+from .dist import prepare_cpu_distributed
 from .hooks import CheckpointCheckHook, CheckpointMismatchError, RNGStateHook
 
 __all__ = [
     'CheckpointCheckHook', 'CheckpointMismatchError', 'ConfigKeyError', 'DatasetFormatError',
-    'RNGStateHook', 'check_cfg_options', 'check_dataset_formats'
+    'RNGStateHook', 'check_cfg_options', 'check_dataset_formats', 'prepare_cpu_distributed'
 ]
