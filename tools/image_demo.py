@@ -65,6 +65,18 @@ def load_config(path: str) -> Config:
     return cfg
 
 
+def config_metainfo(cfg) -> dict:
+    """classes/palette of the config's test (or train) dataset, if it names them."""
+    for phase in ('test', 'val', 'train'):
+        dataset = (cfg.get(f'{phase}_dataloader') or {}).get('dataset') or {}
+        while 'dataset' in dataset:
+            dataset = dataset['dataset']
+        metainfo = dataset.get('metainfo') or {}
+        if metainfo.get('classes'):
+            return dict(metainfo)
+    return {}
+
+
 def classify(cfg, checkpoint, img, out_dir, device, score_thr):
     from mmpretrain.apis import ImageClassificationInferencer
     classes = (cfg.get('test_dataloader', {}).get('dataset', {}).get('metainfo') or {}).get(
@@ -80,6 +92,11 @@ def detect(cfg, checkpoint, img, out_dir, device, score_thr):
     from mmdet.apis import DetInferencer
     inferencer = DetInferencer(model=cfg, weights=checkpoint, device=device,
                                show_progress=False)
+    metainfo = config_metainfo(cfg)
+    if checkpoint is None and metainfo:  # random weights: the config's classes, not COCO's
+        metainfo.setdefault('palette', 'random')
+        inferencer.model.dataset_meta = metainfo
+        inferencer.visualizer.dataset_meta = metainfo
     result = inferencer(img, out_dir=out_dir, pred_score_thr=score_thr, no_save_pred=True)
     pred = result['predictions'][0]
     scores = np.asarray(pred['scores'])
@@ -88,7 +105,13 @@ def detect(cfg, checkpoint, img, out_dir, device, score_thr):
 
 def segment(cfg, checkpoint, img, out_dir, device, score_thr):
     from mmseg.apis import MMSegInferencer
-    inferencer = MMSegInferencer(model=cfg, weights=checkpoint, device=device)
+    metainfo = config_metainfo(cfg) if checkpoint is None else {}
+    inferencer = MMSegInferencer(model=cfg, weights=checkpoint, device=device,
+                                 classes=metainfo.get('classes'),
+                                 palette=metainfo.get('palette'))
+    if metainfo.get('classes'):  # mmseg draws with the model's meta (Cityscapes without weights)
+        inferencer.model.dataset_meta = dict(classes=metainfo['classes'],
+                                             palette=metainfo.get('palette'))
     result = inferencer(img, out_dir=out_dir, img_out_dir='vis', pred_out_dir='pred')
     labels, counts = np.unique(np.asarray(result['predictions']), return_counts=True)
     return dict(class_pixels={int(k): int(v) for k, v in zip(labels, counts)})
