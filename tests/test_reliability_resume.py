@@ -29,7 +29,8 @@ model = dict(backbone=dict(arch=dict(embed_dims=[16, 32, 48, 64]), drop_path_rat
              head=dict(in_channels=64))
 train_dataloader = dict(batch_size=8, dataset=dict(data_root=data_root,
                                                    ann_file='meta/train_small.txt'))
-val_dataloader = dict(batch_size=8, dataset=dict(data_root=data_root, ann_file='meta/val_small.txt'))
+val_dataloader = dict(batch_size=8,
+                      dataset=dict(data_root=data_root, ann_file='meta/val_small.txt'))
 test_dataloader = val_dataloader
 train_cfg = dict(max_epochs=2, val_interval=1)
 param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=0, end=2)]
@@ -207,3 +208,17 @@ def test_iteration_based_resume(tmp_path, with_hook):
         assert difference == 0
     else:
         assert difference > 1e-4
+
+
+def test_add_reliability_hooks():
+    from mmengine.config import Config
+
+    from spanet_mm.engine import add_reliability_hooks
+    cfg = Config(dict(custom_hooks=[dict(type='EMAHook'), dict(type='RNGStateHook', strict=True)]))
+    add_reliability_hooks(cfg)
+    assert [h['type'] for h in cfg.custom_hooks] == ['EMAHook', 'RNGStateHook',
+                                                      'CheckpointCheckHook']
+    assert cfg.custom_hooks[1]['strict'] is True
+    cfg = Config(dict())
+    add_reliability_hooks(cfg)
+    assert [h['type'] for h in cfg.custom_hooks] == ['RNGStateHook', 'CheckpointCheckHook']

@@ -1,11 +1,12 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
 """Runner-level reliability: exact resume, checkpoint and input checks."""
-from .checks import (ConfigKeyError, DatasetFormatError, check_cfg_options,
-                     check_dataset_formats)
+from .checks import (ConfigKeyError, DatasetFormatError, add_reliability_hooks,
+                     check_cfg_options, check_dataset_formats)
 from .dist import prepare_cpu_distributed
 from .hooks import CheckpointCheckHook, CheckpointMismatchError, RNGStateHook
 
 __all__ = [
     'CheckpointCheckHook', 'CheckpointMismatchError', 'ConfigKeyError', 'DatasetFormatError',
-    'RNGStateHook', 'check_cfg_options', 'check_dataset_formats', 'prepare_cpu_distributed'
+    'RNGStateHook', 'add_reliability_hooks', 'check_cfg_options', 'check_dataset_formats',
+    'prepare_cpu_distributed'
 ]

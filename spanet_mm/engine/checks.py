@@ -192,3 +192,15 @@ def check_dataset_formats(cfg, scope: str, phases: List[str]) -> None:
                                     dataset.get('seg_map_suffix', '.png'))
             elif scope == 'mmpretrain' and ann_path and ann_path.endswith('.txt'):
                 check_image_list(ann_path)
+
+
+RELIABILITY_HOOKS = ('RNGStateHook', 'CheckpointCheckHook')
+
+
+def add_reliability_hooks(cfg, hooks=RELIABILITY_HOOKS) -> None:
+    """Appends ``RNGStateHook`` and ``CheckpointCheckHook`` to ``cfg.custom_hooks`` unless the
+    config already has them (for tools that want them on every run)."""
+    custom_hooks = list(cfg.get('custom_hooks') or [])
+    present = {h.get('type') if isinstance(h, dict) else type(h).__name__ for h in custom_hooks}
+    custom_hooks += [dict(type=name) for name in hooks if name not in present]
+    cfg.custom_hooks = custom_hooks

@@ -6,9 +6,10 @@ Usage::
     python tools/analysis/plot_spectral_response.py CONFIG CHECKPOINT --img IMG --out-dir DIR
         [--size 224] [--device cpu]
 
-``CHECKPOINT`` is a spanet_mm checkpoint (``none``: the config's own initialisation, e.g. to
-look at an untrained model). Works with classification, detection and segmentation configs:
-the model's ``backbone`` must be a SPANet. Writes to ``DIR``:
+``CHECKPOINT`` is a spanet_mm checkpoint, e.g. a converted official ImageNet file (``none``:
+random initialisation, to look at an untrained model; a ``Pretrained`` init is not loaded).
+Works with classification, detection and segmentation configs with a SPANet ``backbone``.
+Writes to ``DIR``:
 
 - ``spectral_filters.png``: for each stage, the three spectral pooling filters (lambda 0.7,
   0.8, 0.9) at that stage's feature size for this input (2-D, fftshifted: DC in the centre),
@@ -69,9 +70,10 @@ def build_model(config: str, checkpoint: str, device: str):
     if not backbone_cfg or 'SPANet' not in str(backbone_cfg.get('type')):
         raise SystemExit(f'error: {config} has no SPANet backbone (model.backbone.type is '
                          f'{backbone_cfg and backbone_cfg.get("type")!r}).')
-    backbone_cfg.init_cfg = None if checkpoint != 'none' else backbone_cfg.get('init_cfg')
-    if isinstance(backbone_cfg.init_cfg, dict) and backbone_cfg.init_cfg.get('type') == 'Pretrained':
-        backbone_cfg.init_cfg = None  # random weights for 'none': do not need the file
+    init_cfg = backbone_cfg.get('init_cfg')
+    if checkpoint != 'none' or (isinstance(init_cfg, dict)
+                                and init_cfg.get('type') == 'Pretrained'):
+        backbone_cfg.init_cfg = None  # the checkpoint holds the weights; 'none': random init
     cfg.model.pop('pretrained', None)
     model = MODELS.build(cfg.model)
     if checkpoint == 'none':

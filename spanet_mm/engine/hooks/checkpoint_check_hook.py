@@ -26,10 +26,10 @@ class CheckpointCheckHook(Hook):
     """Checks every checkpoint the Runner loads against the model.
 
     Raises :class:`CheckpointMismatchError` when a backbone tensor is missing, has another
-    shape or has no counterpart in the model (SPANet's output norms ``backbone.norm<i>`` may be missing: they start as identity),
-    or when no tensor of the model is in the checkpoint. Other missing or mismatched tensors
-    (e.g. a classification head with another number of classes when fine-tuning) are logged
-    as a warning.
+    shape or has no counterpart in the model (SPANet's output norms ``backbone.norm<i>`` may
+    be missing: they start as identity), or when no tensor of the model is in the checkpoint.
+    Other missing or mismatched tensors (e.g. a classification head with another number of
+    classes when fine-tuning) are logged as a warning.
 
     Args:
         strict_prefixes (Sequence[str]): Key prefixes that must all fit.
@@ -79,8 +79,8 @@ def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
     example = sorted(state_dict)[:3]
     if not fitting:
         official = any(k.startswith(('network.', 'patch_embed.')) for k in state_dict)
-        hint = (f'It looks like an official SPANet file: convert it first with\n  python {CONVERTER} '
-                'SRC DST') if official else (
+        hint = ('It looks like an official SPANet file: convert it first with\n'
+                f'  python {CONVERTER} SRC DST') if official else (
             'It is not a checkpoint of this model (not spanet_mm SPANet). Use a checkpoint '
             f'trained with this config, or convert official SPANet files with {CONVERTER}')
         raise CheckpointMismatchError(
