@@ -85,6 +85,26 @@ def set_launcher(cfg: Config, launcher: str, local_rank: int) -> None:
         cfg.setdefault('env_cfg', ConfigDict())
         cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
         cfg.env_cfg.dist_cfg.backend = 'gloo'
+        if launcher == 'pytorch':
+            _init_cpu_distributed(cfg)
+
+
+def _init_cpu_distributed(cfg: Config) -> None:
+    """DDP on CPUs (gloo), which mmengine 0.10.7 cannot set up by itself.
+
+    Its ``init_dist('pytorch')`` calls ``torch.cuda.set_device`` and its DDP wrapper passes
+    ``device_ids=[LOCAL_RANK]``; both fail without CUDA. So the process group is created here
+    (the Runner then skips ``init_dist``) and the wrapper gets ``device_ids=None``, the CPU form.
+    """
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')  # RANK, WORLD_SIZE, MASTER_* from torchrun
+    wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(
+        type='MMDistributedDataParallel',
+        broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper.setdefault('device_ids', None)
+    cfg.model_wrapper_cfg = wrapper
 
 
 def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:

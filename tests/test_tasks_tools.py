@@ -1,0 +1,232 @@
+"""tools/train.py, tools/test.py and tools/dist_train.sh end to end, as subprocesses, on the
+synthetic demo data (tools/generate_demo_data.py) in a temporary directory; mmdet's own
+train.py on a spanet_mm config; the missing-dataset, missing-scope and missing-pretrained errors.
+"""
+import json
+import math
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOLS = osp.join(REPO_ROOT, 'tools')
+CONFIGS = osp.join(REPO_ROOT, 'configs')
+PYTHON = sys.executable
+
+DEMO = {
+    'det': dict(
+        config='detection/demo/mask_rcnn_spanet_demo.py',
+        # 4 training images at batch 4: 1 iteration per epoch, 2 epochs; 4 val images
+        options=['train_dataloader.dataset.indices=4', 'val_dataloader.dataset.indices=4',
+                 'train_cfg.max_epochs=2', 'train_cfg.val_interval=2'],
+        metrics=['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP']),
+    'seg': dict(
+        config='segmentation/demo/fpn_spanet_demo.py',
+        options=['train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+                 'val_dataloader.dataset.indices=3'],
+        metrics=['mIoU', 'aAcc', 'mAcc']),
+    'cls': dict(
+        config='classification/demo/spanet_demo_cls.py',
+        options=['train_dataloader.dataset.indices=32', 'val_dataloader.dataset.indices=20',
+                 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1'],
+        metrics=['accuracy/top1']),
+}
+
+
+def run(args, cwd, timeout=300, env=None):
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
+                    PYTHONWARNINGS='ignore', PYTHON=PYTHON)
+    full_env.update(env or {})
+    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
+                            timeout=timeout)
+    return result
+
+
+def check_ok(result):
+    assert result.returncode == 0, (
+        f'exit code {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n'
+        f'--- stderr\n{result.stderr[-4000:]}')
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory):
+    """A directory with data/demo/{coco,ade,imagenet}, where the tools run."""
+    root = tmp_path_factory.mktemp('tasks')
+    result = run([PYTHON, osp.join(TOOLS, 'generate_demo_data.py'), '--out', 'data/demo'],
+                 cwd=root, timeout=120)
+    check_ok(result)
+    for path in ('coco/annotations/instances_train2017.json', 'coco/val2017',
+                 'ade/images/training', 'ade/annotations/validation',
+                 'imagenet/meta/val.txt', 'imagenet/train'):
+        assert osp.exists(root / 'data' / 'demo' / path), path
+    return root
+
+
+def _finite_metrics(path, keys):
+    with open(path) as f:
+        metrics = json.load(f)
+    for key in keys:
+        assert key in metrics, f'{key} missing in {sorted(metrics)}'
+        assert isinstance(metrics[key], (int, float)) and math.isfinite(metrics[key]), \
+            (key, metrics[key])
+    return metrics
+
+
+def test_generate_demo_data_is_deterministic(workspace, tmp_path):
+    result = run([PYTHON, osp.join(TOOLS, 'generate_demo_data.py'), '--out', 'again'],
+                 cwd=tmp_path, timeout=120)
+    check_ok(result)
+    for rel in ('coco/annotations/instances_val2017.json', 'imagenet/meta/train.txt'):
+        with open(workspace / 'data' / 'demo' / rel) as a, open(tmp_path / 'again' / rel) as b:
+            assert a.read() == b.read()
+    with open(tmp_path / 'again' / 'coco/annotations/instances_train2017.json') as f:
+        coco = json.load(f)
+    assert {c['name'] for c in coco['categories']} == {'circle', 'square'}
+    assert {a['category_id'] for a in coco['annotations']} == {1, 2}
+    assert all(len(a['segmentation'][0]) >= 8 and a['bbox'][2] > 0 for a in coco['annotations'])
+
+
+@pytest.mark.parametrize('task', ['det', 'seg', 'cls'])
+def test_train_then_test(task, workspace):
+    spec = DEMO[task]
+    config = osp.join(CONFIGS, spec['config'])
+    work_dir = workspace / 'work_dirs' / task
+    result = run([PYTHON, osp.join(TOOLS, 'train.py'), config, '--work-dir', str(work_dir),
+                  '--cfg-options', *spec['options']], cwd=workspace)
+    check_ok(result)
+    last = (work_dir / 'last_checkpoint').read_text().strip()
+    assert osp.isfile(last)
+
+    test_dir = workspace / 'work_dirs' / f'{task}_test'
+    out = test_dir / ('preds' if task == 'seg' else 'preds.pkl')
+    show_dir = test_dir / 'vis'
+    result = run([PYTHON, osp.join(TOOLS, 'test.py'), config, last, '--work-dir', str(test_dir),
+                  '--out', str(out), '--show-dir', str(show_dir),
+                  '--cfg-options', 'test_dataloader.dataset.indices=4'], cwd=workspace)
+    check_ok(result)
+    _finite_metrics(test_dir / 'test_metrics.json', spec['metrics'])
+    assert osp.exists(out)
+    if task == 'seg':
+        assert len(os.listdir(out)) == 4  # one predicted label map per image
+    else:
+        assert osp.getsize(out) > 0
+    painted = [f for _, _, files in os.walk(show_dir) for f in files if f.endswith(('.png', '.jpg'))]
+    assert len(painted) >= (1 if task == 'cls' else 4), painted
+
+
+def test_resume_auto(workspace):
+    """--resume without a path continues from the work dir's last checkpoint (the checkpoint
+    was written by the Runner: this also exercises spanet_mm's safe loader on torch >= 2.6)."""
+    spec = DEMO['cls']
+    config = osp.join(CONFIGS, spec['config'])
+    work_dir = workspace / 'work_dirs' / 'cls_resume'
+    options = ['train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=4',
+               'train_cfg.val_interval=10', 'default_hooks.checkpoint.interval=1']
+    check_ok(run([PYTHON, osp.join(TOOLS, 'train.py'), config, '--work-dir', str(work_dir),
+                  '--cfg-options', 'train_cfg.max_epochs=1', *options], cwd=workspace))
+    result = run([PYTHON, osp.join(TOOLS, 'train.py'), config, '--work-dir', str(work_dir),
+                  '--resume', '--cfg-options', 'train_cfg.max_epochs=2', *options],
+                 cwd=workspace)
+    check_ok(result)
+    assert 'resumed epoch: 1' in (result.stdout + result.stderr)
+    assert osp.isfile(work_dir / 'epoch_2.pth')
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_dist_train_two_processes_on_cpu(workspace):
+    """tools/dist_train.sh CONFIG 2: a real 2-process DDP run (gloo without CUDA)."""
+    config = osp.join(CONFIGS, DEMO['cls']['config'])
+    work_dir = workspace / 'work_dirs' / 'cls_dist'
+    result = run(['bash', osp.join(TOOLS, 'dist_train.sh'), config, '2',
+                  '--work-dir', str(work_dir), '--cfg-options',
+                  # 64 images, 2 processes x batch 16: 2 iterations each
+                  'train_dataloader.dataset.indices=64', 'val_dataloader.dataset.indices=8',
+                  'train_cfg.max_epochs=1', 'train_cfg.val_interval=1'],
+                 cwd=workspace, env={'PORT': str(_free_port())})
+    check_ok(result)
+    output = result.stdout + result.stderr
+    assert 'Distributed launcher: pytorch' in output
+    assert 'Distributed training: True' in output
+    assert "'backend': 'gloo'" in output or '"backend": "gloo"' in output
+    assert 'Epoch(train) [1][2/2]' in output  # 32 images per process / batch 16
+    assert osp.isfile(work_dir / 'epoch_1.pth')
+
+
+def test_mmdet_own_train_py(workspace):
+    """A spanet_mm config runs through mmdet's own tools/train.py (custom_imports)."""
+    import mmdet
+    mmdet_train = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
+    assert osp.isfile(mmdet_train)
+    spec = DEMO['det']
+    work_dir = workspace / 'work_dirs' / 'det_mmdet_tool'
+    result = run([PYTHON, mmdet_train, osp.join(CONFIGS, spec['config']), '--work-dir',
+                  str(work_dir), '--cfg-options', *spec['options'][:-2],
+                  'train_cfg.max_epochs=1', 'train_cfg.val_interval=1'], cwd=workspace)
+    check_ok(result)
+    assert osp.isfile(work_dir / 'epoch_1.pth')
+    assert 'coco/bbox_mAP' in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('config,expected', [
+    ('detection/retinanet_spanet_s_1x.py',
+     ['data/coco/annotations/instances_train2017.json', 'data/coco/train2017',
+      'Expected COCO layout']),
+    ('segmentation/fpn_spanet_s_80k.py',
+     ['data/ade/ADEChallengeData2016/images/training',
+      'data/ade/ADEChallengeData2016/annotations/training', 'Expected ADE20K layout']),
+    ('classification/spanet_s_in1k.py', ['data/imagenet/train', 'Expected ImageNet layout']),
+])
+def test_missing_dataset_names_path_and_layout(config, expected, tmp_path):
+    result = run([PYTHON, osp.join(TOOLS, 'train.py'), osp.join(CONFIGS, config)],
+                 cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert 'Dataset not found' in result.stderr
+    assert 'Traceback' not in result.stderr
+    for text in expected:
+        assert text in result.stderr, result.stderr
+    assert 'docs/datasets.md' in result.stderr
+    assert not (tmp_path / 'work_dirs').exists()  # failed before building the Runner
+
+
+def test_test_py_missing_dataset(tmp_path, workspace):
+    fake = tmp_path / 'fake.pth'
+    fake.write_bytes(b'')
+    result = run([PYTHON, osp.join(TOOLS, 'test.py'),
+                  osp.join(CONFIGS, 'segmentation/fpn_spanet_m_80k.py'), str(fake)],
+                 cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert 'data/ade/ADEChallengeData2016/images/validation' in result.stderr
+
+
+def test_missing_default_scope(tmp_path):
+    config = tmp_path / 'no_scope.py'
+    config.write_text("model = dict(type='ImageClassifier', backbone=dict(type='SPANet'))\n")
+    result = run([PYTHON, osp.join(TOOLS, 'train.py'), str(config)], cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "default_scope is None" in result.stderr
+    assert "'mmpretrain', 'mmdet', 'mmseg'" in result.stderr
+
+
+def test_missing_pretrained_through_train_py(workspace):
+    """A det config whose pretrained file is absent stops with the conversion command."""
+    config = workspace / 'pretrained_missing.py'
+    config.write_text(
+        f"_base_ = '{osp.join(CONFIGS, DEMO['seg']['config'])}'\n"
+        "model = dict(backbone=dict(init_cfg=dict(_delete_=True, type='Pretrained',\n"
+        "    checkpoint='checkpoints/spanet_s_in1k.pth', prefix='backbone.')))\n")
+    result = run([PYTHON, osp.join(TOOLS, 'train.py'), str(config), '--work-dir',
+                  str(workspace / 'work_dirs' / 'pretrained_missing'), '--cfg-options',
+                  *DEMO['seg']['options']], cwd=workspace)
+    assert result.returncode != 0
+    assert 'FileNotFoundError' in result.stderr
+    assert 'checkpoints/spanet_s_in1k.pth' in result.stderr
+    assert 'spanet_official_to_mm.py' in result.stderr
