@@ -238,22 +238,29 @@ class SpectralPoolingMixer(nn.Module):
         offsets = [(a, b) for a in range(-self.radius, self.radius + 1)
                    for b in range(-self.radius, self.radius + 1)
                    if a * a + b * b <= self.radius**2]
-        sizes = torch._shape_as_tensor(x)[-2:].to(x.device)
-        height, width = sizes[0], sizes[1]
-        rows = torch.arange(height, device=x.device).to(torch.float32)
-        cols = torch.arange(width, device=x.device).to(torch.float32)
         off_a = torch.tensor([a for a, _ in offsets], dtype=torch.float32, device=x.device)
         off_b = torch.tensor([b for _, b in offsets], dtype=torch.float32, device=x.device)
-        theta = (off_a[:, None, None] * rows[None, :, None] / height.to(torch.float32) +
-                 off_b[:, None, None] * cols[None, None, :] / width.to(torch.float32)) \
-            * (2 * math.pi)
-        basis = torch.cat([torch.cos(theta), torch.sin(theta)]).reshape(2 * len(offsets), -1)
-        # Which candidate bins exist on the fftshifted grid: -(n // 2) <= offset <= (n - 1) // 2.
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # Sizes as graph values, so that exported graphs follow dynamic input sizes.
+            sizes = torch._shape_as_tensor(x)[-2:].to(x.device)
+            height, width = sizes[0], sizes[1]
+        else:  # eager or torch.compile (ints or symbolic ints)
+            height, width = x.shape[-2], x.shape[-1]
+        # Which candidate bins the fftshifted grid has: -(n // 2) <= offset <= (n - 1) // 2.
         exists = ((off_a >= -(height // 2)) & (off_a <= (height - 1) // 2) &
                   (off_b >= -(width // 2)) & (off_b <= (width - 1) // 2)).to(torch.float32)
+        rows, cols = torch.arange(height, device=x.device), torch.arange(width, device=x.device)
+        exists = exists / (rows.shape[0] * cols.shape[0] if isinstance(height, int) else
+                           (height * width).to(torch.float32))
+        if not isinstance(height, int):
+            height, width = height.to(torch.float32), width.to(torch.float32)
+        rows, cols = rows.to(torch.float32), cols.to(torch.float32)
+        theta = (off_a[:, None, None] * rows[None, :, None] / height +
+                 off_b[:, None, None] * cols[None, None, :] / width) * (2 * math.pi)
+        basis = torch.cat([torch.cos(theta), torch.sin(theta)]).reshape(2 * len(offsets), -1)
         on_circle = torch.tensor([a * a + b * b == self.radius**2 for a, b in offsets],
                                  device=x.device)
-        gains = self._mode_gains(on_circle, off_a) * (exists / (height * width).to(torch.float32))
+        gains = self._mode_gains(on_circle, off_a) * exists
         gains = torch.cat([gains, gains], dim=1)  # (C_in, 2K): the cos and the sin modes
         weight, bias = self.fused_context_weights(x.dtype)
         basis = basis.to(x.dtype)

@@ -1,0 +1,81 @@
+"""Autocast (bf16 on CPU), torch.compile and traced (export) forms of the spectral pooling."""
+import shutil
+
+import pytest
+import torch
+
+from spanet_mm.models import SPANet
+from spanet_mm.models.layers import SpectralPoolingMixer
+
+SMALL_ARCH = dict(layers=[1, 1, 1, 1], embed_dims=[16, 24, 32, 40])
+#: bf16 keeps 8 significant bits; the stage outputs (GroupNorm-ed, order 1) stay within this
+#: fraction of their largest magnitude from float32.
+BF16_RTOL = 0.1
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+@pytest.mark.parametrize('impl', ['auto', 'fft'])
+@pytest.mark.parametrize('size', [(64, 64), (33, 47), (37, 37), (32, 32)],
+                         ids=lambda s: f'{s[0]}x{s[1]}')
+def test_autocast_bf16_cpu(impl, size):
+    torch.manual_seed(0)
+    model = SPANet(SMALL_ARCH, out_indices=(0, 1, 2, 3), spectral_impl=impl)
+    model.init_weights()
+    model.eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = model(x)
+    for a, b in zip(low, ref):
+        assert a.shape == b.shape and torch.isfinite(a).all()
+        assert rel_err(a, b) < BF16_RTOL
+    # Training under autocast runs and gives finite gradients.
+    model.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(x.requires_grad_(True))
+    sum(o.float().mean() for o in outs).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize('size', [(33, 47), (5, 3), (2, 2), (1, 1), (64, 96)],
+                         ids=lambda s: f'{s[0]}x{s[1]}')
+@pytest.mark.parametrize('radius', [1, 2])
+def test_traceable_context_matches_fft(size, radius):
+    """The shape-generic form used under compile/export equals the FFT at every size."""
+    torch.manual_seed(0)
+    mixer = SpectralPoolingMixer(20, radius, 'lowrank')
+    reference = SpectralPoolingMixer(20, radius, 'fft')
+    reference.load_state_dict(mixer.state_dict())
+    x = torch.randn(2, 20, *size)
+    torch.testing.assert_close(mixer._context_traceable(x), reference._context_fft(x),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_mixer_has_no_graph_break():
+    mixer = SpectralPoolingMixer(20, 2, 'lowrank').eval()
+    explanation = torch._dynamo.explain(mixer)(torch.randn(2, 20, 33, 47))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.skipif(shutil.which('g++') is None and shutil.which('c++') is None,
+                    reason='torch.compile (inductor, CPU) needs a C++ compiler, none found')
+def test_compile_backbone_same_outputs():
+    """A two-stage SPANet (both radii), compiled, gives the eager outputs (graph breaks in the
+    mixer are excluded by ``test_mixer_has_no_graph_break``)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = SPANet(dict(layers=[1, 1], embed_dims=[16, 24], radius=[2, 1]), out_indices=(0, 1))
+    model.init_weights()
+    model.eval()
+    compiled = torch.compile(model)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(x)
+        got = compiled(x)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
