@@ -221,6 +221,9 @@ def parse_args(argv=None):
 
 
 def enable_amp(cfg: Config) -> None:
+    if not torch.cuda.is_available():
+        raise ToolError("--amp needs a CUDA device: mmengine's AmpOptimWrapper does not run "
+                        'on CPUs.')
     optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
     if optim_wrapper == 'AmpOptimWrapper':
         print_log('AMP is already enabled in the config.', logger='current')
