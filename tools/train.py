@@ -95,8 +95,12 @@ def _init_cpu_distributed(cfg: Config) -> None:
     Its ``init_dist('pytorch')`` calls ``torch.cuda.set_device`` and its DDP wrapper passes
     ``device_ids=[LOCAL_RANK]``; both fail without CUDA. So the process group is created here
     (the Runner then skips ``init_dist``) and the wrapper gets ``device_ids=None``, the CPU form.
+    PyTorch's SyncBatchNorm refuses CPU tensors, so SyncBN layers become BN (with a warning).
     """
     import torch.distributed as dist
+    if _sync_bn_to_bn(cfg.model):
+        print_log('CPU distributed run: PyTorch has no SyncBatchNorm on CPUs, so SyncBN layers '
+                  'are built as BN (statistics per process).', logger='current', level=30)
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')  # RANK, WORLD_SIZE, MASTER_* from torchrun
     wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(
@@ -105,6 +109,21 @@ def _init_cpu_distributed(cfg: Config) -> None:
         find_unused_parameters=cfg.get('find_unused_parameters', False))
     wrapper.setdefault('device_ids', None)
     cfg.model_wrapper_cfg = wrapper
+
+
+def _sync_bn_to_bn(node) -> bool:
+    """Replaces ``type='SyncBN'`` by ``'BN'`` in a config tree; True if any was found."""
+    found = False
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+            found = True
+        for value in node.values():
+            found = _sync_bn_to_bn(value) or found
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            found = _sync_bn_to_bn(value) or found
+    return found
 
 
 def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:

@@ -3,8 +3,9 @@
 # 48 training / 12 validation images of 128x128), with a tiny SPANet trained from scratch in a
 # few minutes on a CPU. `make demo` runs it.
 # Changed from the real config: data paths and classes, image scale (128 crops), a tiny arch, no
-# pretrained weights, the schedule (200 iterations, lr 1e-3), no photometric distortion (the
-# classes differ by colour), and BN instead of SyncBN in the head (so that a CPU DDP run works).
+# pretrained weights, the schedule (200 iterations, lr 1e-3) and no photometric distortion (the
+# classes differ by colour). The head keeps SyncBN: mmengine builds BN in a non-distributed run,
+# and tools/train.py does so in a CPU DDP run (PyTorch has no SyncBN on CPUs).
 _base_ = '../fpn_spanet_s_80k.py'
 
 custom_imports = dict(imports=['spanet_mm'], allow_failed_imports=False)
@@ -23,7 +24,7 @@ model = dict(
         drop_path_rate=0.,
         init_cfg=None),
     neck=dict(in_channels=[32, 64, 96, 128]),
-    decode_head=dict(num_classes=4, norm_cfg=dict(type='BN', requires_grad=True)))
+    decode_head=dict(num_classes=4))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
