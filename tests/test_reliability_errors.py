@@ -274,3 +274,24 @@ def test_unknown_top_level_key(demo, key, message):
         check_cfg_options(cfg, {key: 3})
     check_cfg_options(cfg, {'train_cfg.max_epochs': 3, 'model.backbone.drop_path_rate': 0.1,
                             'find_unused_parameters': True})  # real keys pass
+
+
+def test_checkpoint_check_hook_sees_through_tta_and_ddp_wrappers():
+    """tools/test.py --tta wraps the model; mmengine loads into `.module`, so does the check."""
+    from mmengine.registry import init_default_scope
+    from mmpretrain.models import AverageClsScoreTTA
+    from mmpretrain.registry import MODELS
+
+    from spanet_mm.engine import CheckpointCheckHook, CheckpointMismatchError
+    init_default_scope('mmpretrain')
+    model = MODELS.build(Config.fromfile(DEMO_CLS).model)
+
+    class FakeRunner:
+        _load_from = 'ckpt.pth'
+
+    runner = FakeRunner()
+    runner.model = AverageClsScoreTTA(module=model)
+    hook = CheckpointCheckHook()
+    hook.after_load_checkpoint(runner, dict(state_dict=model.state_dict()))  # fits
+    with pytest.raises(CheckpointMismatchError, match='ckpt.pth does not fit the model at all'):
+        hook.after_load_checkpoint(runner, dict(state_dict={'conv1.weight': torch.zeros(1)}))

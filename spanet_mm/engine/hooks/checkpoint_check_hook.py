@@ -11,7 +11,7 @@ from typing import Sequence
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import HOOKS
 
 CONVERTER = 'tools/model_converters/spanet_official_to_mm.py'
@@ -46,7 +46,10 @@ class CheckpointCheckHook(Hook):
         self.allowed_missing = [re.compile(p) for p in allowed_missing]
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = runner.model
+        # mmengine loads into the wrapped model of DDP and of TTA models (tools/test.py --tta).
+        while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+            model = model.module
         check_state_dict(model.state_dict(), checkpoint, self.strict_prefixes,
                          self.allowed_missing, source=getattr(runner, '_load_from', None))
 
