@@ -10,6 +10,7 @@ from mmengine.structures import PixelData
 
 import spanet_mm  # noqa: F401
 
+TINY_ARCH = dict(_delete_=True, layers=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128])
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
 
 
@@ -62,7 +63,7 @@ def predict_step(model, packed):
 @pytest.mark.parametrize('rel_path,options', [
     ('detection/demo/mask_rcnn_spanet_demo.py', {}),
     ('detection/retinanet_spanet_s_1x.py', {
-        'model.backbone.arch': dict(_delete_=True, layers=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128]),
+        'model.backbone.arch': dict(TINY_ARCH),
         'model.neck.in_channels': [64, 96, 128], 'model.bbox_head.num_classes': 2}),
 ])
 def test_detection_loss_and_predict(rel_path, options):
@@ -133,7 +134,7 @@ def test_real_classification_config_loss_step():
     """The ImageNet recipe itself (Mixup/CutMix, label smoothing) at a tiny size."""
     from mmpretrain.structures import DataSample
     model = build('classification/spanet_s_in1k.py', **{
-        'model.backbone.arch': dict(_delete_=True, layers=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128]),
+        'model.backbone.arch': dict(TINY_ARCH),
         'model.head.in_channels': 128})
     inputs = [torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in range(2)]
     samples = [DataSample().set_gt_label(i) for i in (3, 999)]

@@ -114,7 +114,8 @@ def test_train_then_test(task, workspace):
         assert len(os.listdir(out)) == 4  # one predicted label map per image
     else:
         assert osp.getsize(out) > 0
-    painted = [f for _, _, files in os.walk(show_dir) for f in files if f.endswith(('.png', '.jpg'))]
+    painted = [f for _, _, files in os.walk(show_dir) for f in files
+               if f.endswith(('.png', '.jpg'))]
     assert len(painted) >= (1 if task == 'cls' else 4), painted
 
 
@@ -149,7 +150,8 @@ DIST_CASES = {
             'Epoch(train) [1][2/2]', 'epoch_1.pth'),
     # the head's SyncBN runs as BN on CPUs
     'seg': (['train_cfg.max_iters=2', 'train_cfg.val_interval=2',
-             'val_dataloader.dataset.indices=4'], 'Saving checkpoint at 2 iterations', 'iter_2.pth'),
+             'val_dataloader.dataset.indices=4'],
+            'Saving checkpoint at 2 iterations', 'iter_2.pth'),
 }
 
 

@@ -79,7 +79,8 @@ def _coco_split(rng, out_dir, split, num_images):
             annotations.append(dict(
                 id=len(annotations) + 1, image_id=image_id, category_id=category,
                 segmentation=[[round(float(v), 2) for v in polygon.reshape(-1)]],
-                area=float(mask.sum()), bbox=[round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
+                area=float(mask.sum()),
+                bbox=[round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
                 iscrowd=0))
         file_name = f'{image_id:06d}.jpg'
         cv2.imwrite(osp.join(img_dir, file_name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
