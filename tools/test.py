@@ -155,7 +155,7 @@ def main(argv=None) -> None:
         # Also as JSON, for scripts (tools/demo.sh) and tests.
         path = osp.join(cfg.work_dir, 'test_metrics.json')
         with open(path, 'w') as f:
-            json.dump(metrics, f, indent=1)
+            json.dump(metrics, f, indent=1, default=float)
         print_log(f'Test metrics written to {path}', logger='current')
 
 
