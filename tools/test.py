@@ -25,7 +25,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 # tools/train.py imports spanet_mm first: SPANet is registered and Runner checkpoints load
 # safely on torch >= 2.6 before the checkpoint below is read.
 from train import (ToolError, build_runner, check_datasets, get_scope,  # noqa: E402
-                   set_dataloader_defaults, set_launcher, set_work_dir)
+                   merge_cfg_options, set_dataloader_defaults, set_launcher, set_work_dir)
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 
@@ -131,8 +131,7 @@ def enable_tta(cfg: Config, scope: str) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    merge_cfg_options(cfg, args.cfg_options)
     scope = get_scope(cfg, args.config)
     set_launcher(cfg, args.launcher, args.local_rank)
     set_work_dir(cfg, args.work_dir, args.config)

@@ -30,6 +30,8 @@ from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+from spanet_mm.engine import (ConfigKeyError, check_cfg_options,  # noqa: E402
+                              prepare_cpu_distributed)
 
 SCOPES = ('mmpretrain', 'mmdet', 'mmseg')
 
@@ -85,30 +87,25 @@ def set_launcher(cfg: Config, launcher: str, local_rank: int) -> None:
         cfg.setdefault('env_cfg', ConfigDict())
         cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
         cfg.env_cfg.dist_cfg.backend = 'gloo'
-        if launcher == 'pytorch':
-            _init_cpu_distributed(cfg)
+        if launcher != 'none':
+            _init_cpu_distributed(cfg, launcher)
 
 
-def _init_cpu_distributed(cfg: Config) -> None:
+def _init_cpu_distributed(cfg: Config, launcher: str) -> None:
     """DDP on CPUs (gloo), which mmengine 0.10.7 cannot set up by itself.
 
     Its ``init_dist('pytorch')`` calls ``torch.cuda.set_device`` and its DDP wrapper passes
-    ``device_ids=[LOCAL_RANK]``; both fail without CUDA. So the process group is created here
-    (the Runner then skips ``init_dist``) and the wrapper gets ``device_ids=None``, the CPU form.
-    PyTorch's SyncBatchNorm refuses CPU tensors, so SyncBN layers become BN (with a warning).
+    ``device_ids=[LOCAL_RANK]``; both fail without CUDA. ``prepare_cpu_distributed`` creates
+    the gloo process group (the Runner then skips ``init_dist``) and a wrapper without
+    ``device_ids``. PyTorch's SyncBatchNorm refuses CPU tensors, so SyncBN layers become BN.
     """
-    import torch.distributed as dist
     if _sync_bn_to_bn(cfg.model):
         print_log('CPU distributed run: PyTorch has no SyncBatchNorm on CPUs, so SyncBN layers '
                   'are built as BN (statistics per process).', logger='current', level=30)
-    if not dist.is_initialized():
-        dist.init_process_group(backend='gloo')  # RANK, WORLD_SIZE, MASTER_* from torchrun
-    wrapper = cfg.get('model_wrapper_cfg') or ConfigDict(
-        type='MMDistributedDataParallel',
-        broadcast_buffers=False,
-        find_unused_parameters=cfg.get('find_unused_parameters', False))
-    wrapper.setdefault('device_ids', None)
-    cfg.model_wrapper_cfg = wrapper
+    try:
+        prepare_cpu_distributed(cfg, launcher)
+    except RuntimeError as err:  # slurm/mpi without CUDA, or torchrun variables missing
+        raise ToolError(str(err)) from err
 
 
 def _sync_bn_to_bn(node) -> bool:
@@ -206,6 +203,16 @@ def check_datasets(cfg: Config, scope: str, phases: List[str]) -> None:
             '`python tools/generate_demo_data.py` and use configs/*/demo/.')
 
 
+def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
+    """``--cfg-options``, refusing top-level keys that nothing reads (typos)."""
+    if options:
+        try:
+            check_cfg_options(cfg, options)
+        except ConfigKeyError as err:
+            raise ToolError(str(err)) from err
+        cfg.merge_from_dict(options)
+
+
 def build_runner(cfg: Config) -> Runner:
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
@@ -287,8 +294,7 @@ def set_dataloader_defaults(cfg: Config, scope: str) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)  # runs the config's custom_imports
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    merge_cfg_options(cfg, args.cfg_options)
     scope = get_scope(cfg, args.config)
     set_launcher(cfg, args.launcher, args.local_rank)
     set_work_dir(cfg, args.work_dir, args.config)
