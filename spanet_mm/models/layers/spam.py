@@ -281,18 +281,26 @@ class SpectralPoolingMixer(nn.Module):
                 and x.dtype in (torch.float32, torch.float64))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.proj_in(x)
         if self.spectral_impl != 'fft' and self._use_memory_efficient(x):
+            x = self.proj_in(x)
             weight, bias, gains, basis = self._lowrank_inputs(x, x.dtype)
             return _LowRankSpam.apply(
                 x, self.dwconv_1x7.weight, self.dwconv_1x7.bias, self.dwconv_7x1.weight,
                 self.dwconv_7x1.bias, weight, bias, gains, basis, self.proj_out.weight,
                 self.proj_out.bias)
-        x = self.dwconv_7x1(self.dwconv_1x7(x))
+        return self.proj_out(self.modulate(x))
+
+    def depthwise(self, x: Tensor) -> Tensor:
+        """``dw_7x1(dw_1x7(proj_in(x)))``: the map that the spectral context modulates."""
+        return self.dwconv_7x1(self.dwconv_1x7(self.proj_in(x)))
+
+    def modulate(self, x: Tensor) -> Tensor:
+        """Everything but ``proj_out``: ``x * ctx`` (a plain autograd graph)."""
+        x = self.depthwise(x)
         if self.spectral_impl == 'fft':
             ctx = self._context_fft(x)
         elif _is_tracing():
             ctx = self._context_traceable(x)
         else:
             ctx = self._context_lowrank(x)
-        return self.proj_out(x * ctx)
+        return x * ctx
