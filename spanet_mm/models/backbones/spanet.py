@@ -103,7 +103,7 @@ class SPANetBlock(BaseModule):
     def _fast_inference(self, x: Tensor) -> bool:
         """Whether the cache-friendly inference path applies (same math, no autograd)."""
         return (not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dim() == 4
-                and _is_channels_last(x)
+                and _is_channels_last(x) and not torch.is_autocast_enabled('cpu')
                 and (not self.training or isinstance(self.drop_path, nn.Identity))
                 and isinstance(self.mlp.act, nn.GELU) and not _is_tracing())
 
