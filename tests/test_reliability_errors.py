@@ -76,14 +76,20 @@ def test_test_tool_refuses_a_checkpoint_of_another_model(demo, tmp_path):
     assert 'not spanet_mm SPANet' in result.stderr
 
 
-def test_test_tool_refuses_a_checkpoint_of_another_arch(demo, tmp_path):
-    root, config = demo
-    other = dict(layers=[2, 2, 2, 2], embed_dims=[16, 32, 48, 64])  # 'm' is deeper than 's'
-    torch.save(dict(state_dict=tiny_state(other), meta=dict(arch=other)), tmp_path / 'm.pth')
-    result = run_tool(TEST, config, tmp_path / 'm.pth', '--work-dir', tmp_path / 'w')
-    assert result.returncode != 0
-    assert 'another SPANet arch' in result.stderr
-    assert "'layers': [2, 2, 2, 2]" in result.stderr  # names the arch the file holds
+def test_checkpoint_of_another_arch_is_refused_on_load_from():
+    """What CheckpointCheckHook says for load_from / tools/test.py (the CLI path is covered by
+    test_test_tool_refuses_a_checkpoint_of_another_model)."""
+    from spanet_mm.engine import CheckpointMismatchError
+    from spanet_mm.engine.hooks.checkpoint_check_hook import check_state_dict
+    deeper = dict(layers=[2, 2, 2, 2], embed_dims=[16, 32, 48, 64])  # 'm' is deeper than 's'
+    checkpoint = dict(state_dict=tiny_state(deeper), meta=dict(arch=deeper))
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"saved for SPANet arch \{'layers': \[2, 2, 2, 2\].*"
+                       r'0 missing.*92 tensor\(s\) the model does not have.*another SPANet arch'):
+        check_state_dict(tiny_state(), checkpoint, source='m.pth')
+    # ... and the other way round ('s' into 'm'): blocks missing.
+    with pytest.raises(CheckpointMismatchError, match=r'missing tensor\(s\).*stages\.0\.1\.'):
+        check_state_dict(tiny_state(deeper), dict(state_dict=tiny_state()), source='s.pth')
 
 
 def test_test_tool_reports_a_truncated_checkpoint(demo, tmp_path):
@@ -228,15 +234,24 @@ def test_ade20k_images_without_annotations(demo, tmp_path):
         check_ade20k_folder(str(img_dir), str(ann_dir))
 
 
-def test_ade20k_folder_without_annotations_through_train_tool(demo, tmp_path):
-    root, _ = demo
+def load_tool(path):
+    """A tool as a module, to call its main() in-process (faster than a subprocess)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('reliability_' + osp.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ade20k_folder_without_annotations_through_train_tool(tmp_path):
     (tmp_path / 'images' / 'training').mkdir(parents=True)
     config = osp.join(REPO_ROOT, 'configs', 'segmentation', 'demo', 'fpn_spanet_demo.py')
-    result = run_tool(TRAIN, config, '--work-dir', tmp_path / 'w', '--cfg-options',
-                      f'train_dataloader.dataset.data_root={tmp_path}',
-                      f'val_dataloader.dataset.data_root={tmp_path}')
-    assert result.returncode != 0
-    assert str(tmp_path / 'annotations' / 'training') in result.stderr
+    train = load_tool(TRAIN)
+    with pytest.raises(train.DatasetNotFoundError) as error:
+        train.main([config, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                    f'train_dataloader.dataset.data_root={tmp_path}',
+                    f'val_dataloader.dataset.data_root={tmp_path}'])
+    assert str(tmp_path / 'annotations' / 'training') in str(error.value)
 
 
 def test_malformed_image_list(tmp_path):
@@ -256,11 +271,11 @@ def test_unknown_backbone_key_names_the_key(demo, tmp_path):
 
 
 def test_unknown_nested_runner_key_names_the_key(demo, tmp_path):
+    """In-process (the CLI exit code for such TypeErrors is checked just above)."""
     root, config = demo
-    result = run_tool(TRAIN, config, '--work-dir', tmp_path / 'w', '--cfg-options',
-                      'train_cfg.max_epoch=3')
-    assert result.returncode != 0
-    assert "unexpected keyword argument 'max_epoch'" in result.stderr
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_epoch'"):
+        load_tool(TRAIN).main([str(config), '--work-dir', str(tmp_path / 'w'),
+                               '--cfg-options', 'train_cfg.max_epoch=3'])
 
 
 @pytest.mark.parametrize('key, message', [
