@@ -291,6 +291,15 @@ def test_unknown_top_level_key(demo, key, message):
                             'find_unused_parameters': True})  # real keys pass
 
 
+def test_unknown_top_level_key_through_train_tool(demo, tmp_path):
+    root, config = demo
+    result = run_tool(TRAIN, config, '--work-dir', tmp_path / 'w', '--cfg-options',
+                      'trian_dataloader.batch_size=2')
+    assert result.returncode != 0
+    assert "Did you mean 'train_dataloader'" in result.stderr
+    assert not (tmp_path / 'w').exists()
+
+
 def test_checkpoint_check_hook_sees_through_tta_and_ddp_wrappers():
     """tools/test.py --tta wraps the model; mmengine loads into `.module`, so does the check."""
     from mmengine.registry import init_default_scope
