@@ -24,8 +24,9 @@ import sys
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 # tools/train.py imports spanet_mm first: SPANet is registered and Runner checkpoints load
 # safely on torch >= 2.6 before the checkpoint below is read.
-from train import (ToolError, build_runner, check_datasets, get_scope,  # noqa: E402
-                   merge_cfg_options, set_dataloader_defaults, set_launcher, set_work_dir)
+from train import (ToolError, add_reliability_hooks, build_runner,  # noqa: E402
+                   check_datasets, get_scope, merge_cfg_options, run_reporting_user_errors,
+                   set_dataloader_defaults, set_launcher, set_work_dir)
 from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 
@@ -147,6 +148,7 @@ def main(argv=None) -> None:
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise ToolError(f'Checkpoint {args.checkpoint!r} not found.')
     check_datasets(cfg, scope, ['test'])
+    add_reliability_hooks(cfg)  # refuses a checkpoint that does not fit the model
 
     runner = build_runner(cfg)
     metrics = runner.test()
@@ -159,7 +161,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except ToolError as err:
-        sys.exit(f'ERROR: {err}')
+    run_reporting_user_errors(main)

@@ -16,7 +16,7 @@ import argparse
 import os
 import os.path as osp
 import sys
-from typing import Iterator, List, Optional
+from typing import Optional
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run from a checkout without `pip install -e .`
@@ -30,37 +30,31 @@ from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
-from spanet_mm.engine import (ConfigKeyError, check_cfg_options,  # noqa: E402
+from spanet_mm.engine import (ConfigKeyError, DatasetFormatError,  # noqa: E402
+                              DatasetNotFoundError, add_reliability_hooks,
+                              check_cfg_options, check_dataset_formats, check_datasets,
                               prepare_cpu_distributed)
 
 SCOPES = ('mmpretrain', 'mmdet', 'mmseg')
-
-# What each task expects on disk, for the missing-dataset error (docs/datasets.md has more).
-EXPECTED_LAYOUT = {
-    'mmpretrain': ('ImageNet layout:\n'
-                   '  <data_root>/train/<class>/<image>.JPEG\n'
-                   '  <data_root>/val/<image>.JPEG\n'
-                   '  <data_root>/meta/{train,val}.txt   ("<relative path> <label>" per line)'),
-    'mmdet': ('COCO layout:\n'
-              '  <data_root>/annotations/instances_{train,val}2017.json\n'
-              '  <data_root>/train2017/*.jpg\n'
-              '  <data_root>/val2017/*.jpg'),
-    'mmseg': ('ADE20K layout (ADEChallengeData2016):\n'
-              '  <data_root>/images/{training,validation}/*.jpg\n'
-              '  <data_root>/annotations/{training,validation}/*.png'),
-}
 
 
 class ToolError(Exception):
     """An error in the user's config or data, reported without a traceback."""
 
 
+#: Errors whose message says all the user needs: printed as ``ERROR: ...``, exit status 1.
+USER_ERRORS = (ToolError, ConfigKeyError, DatasetNotFoundError, DatasetFormatError)
+
+
+def run_reporting_user_errors(main) -> None:
+    try:
+        main()
+    except USER_ERRORS as err:
+        sys.exit(f'ERROR: {err}')
+
+
 class ScopeError(ToolError, ValueError):
     """The config's default_scope is not one of the three toolboxes."""
-
-
-class DatasetNotFoundError(ToolError, FileNotFoundError):
-    """A dataset path named by the config does not exist."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,85 +125,10 @@ def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
 
 
-def _leaf_datasets(dataset_cfg) -> Iterator[dict]:
-    """Dataset configs under wrappers (RepeatDataset, ClassBalancedDataset, ConcatDataset)."""
-    if dataset_cfg is None:
-        return
-    if isinstance(dataset_cfg, (list, tuple)):
-        for item in dataset_cfg:
-            yield from _leaf_datasets(item)
-    elif 'datasets' in dataset_cfg:
-        yield from _leaf_datasets(dataset_cfg['datasets'])
-    elif 'dataset' in dataset_cfg:
-        yield from _leaf_datasets(dataset_cfg['dataset'])
-    else:
-        yield dataset_cfg
-
-
-def _is_local(path: str) -> bool:
-    return bool(path) and '://' not in path
-
-
-def _join(root: str, path: str) -> str:
-    return path if not root or osp.isabs(path) or not _is_local(root) else osp.join(root, path)
-
-
-def _dataset_paths(scope: str, dataset: dict) -> List[str]:
-    """The files and folders one dataset config needs, per task."""
-    root = dataset.get('data_root') or ''
-    paths = [root] if root else []
-    if dataset.get('ann_file'):
-        paths.append(_join(root, dataset['ann_file']))
-    prefix = dataset.get('data_prefix') or ''
-    if scope == 'mmpretrain' and not prefix and dataset.get('split'):
-        prefix = dataset['split']  # ImageNet(split='train') reads <data_root>/train
-    prefixes = prefix.values() if isinstance(prefix, dict) else [prefix]
-    paths += [_join(root, p) for p in prefixes if p]
-    return paths
-
-
-def _evaluator_paths(evaluator) -> List[str]:
-    """Annotation files read by evaluators (CocoMetric's ann_file)."""
-    evaluators = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
-    return [e['ann_file'] for e in evaluators if isinstance(e, dict) and e.get('ann_file')]
-
-
-def check_datasets(cfg: Config, scope: str, phases: List[str]) -> None:
-    """Fails before the Runner is built if a dataset path is missing.
-
-    ``phases`` are among 'train', 'val', 'test'; only the dataloaders that will run are checked.
-    """
-    missing = []
-    for phase in phases:
-        loader = cfg.get(f'{phase}_dataloader')
-        if not loader or (phase != 'train' and cfg.get(f'{phase}_cfg') is None):
-            continue
-        paths = []
-        for dataset in _leaf_datasets(loader.get('dataset')):
-            paths += _dataset_paths(scope, dataset)
-        paths += _evaluator_paths(cfg.get(f'{phase}_evaluator'))
-        missing += [(phase, p) for p in paths if _is_local(p) and not osp.exists(p)]
-    if missing:
-        seen = []
-        for item in missing:
-            if item not in seen:
-                seen.append(item)
-        listing = '\n'.join(f'  {phase}: {osp.abspath(path)}' for phase, path in seen)
-        raise DatasetNotFoundError(
-            f'Dataset not found. Missing path(s):\n{listing}\n'
-            f'Expected {EXPECTED_LAYOUT[scope]}\n'
-            'See docs/datasets.md for where to get the data and where to put it (or change '
-            '`data_root` with --cfg-options). For a small synthetic set run '
-            '`python tools/generate_demo_data.py` and use configs/*/demo/.')
-
-
 def merge_cfg_options(cfg: Config, options: Optional[dict]) -> None:
     """``--cfg-options``, refusing top-level keys that nothing reads (typos)."""
     if options:
-        try:
-            check_cfg_options(cfg, options)
-        except ConfigKeyError as err:
-            raise ToolError(str(err)) from err
+        check_cfg_options(cfg, options)
         cfg.merge_from_dict(options)
 
 
@@ -305,13 +224,13 @@ def main(argv=None) -> None:
     set_resume(cfg, args.resume)
     set_dataloader_defaults(cfg, scope)
     check_datasets(cfg, scope, ['train', 'val'])
+    check_dataset_formats(cfg, scope, ['train', 'val'])
+    # Exact resume (RNG states in checkpoints) and refusal of checkpoints that do not fit.
+    add_reliability_hooks(cfg)
 
     runner = build_runner(cfg)
     runner.train()
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except ToolError as err:
-        sys.exit(f'ERROR: {err}')
+    run_reporting_user_errors(main)

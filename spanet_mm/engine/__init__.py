@@ -1,12 +1,13 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
 """Runner-level reliability: exact resume, checkpoint and input checks."""
-from .checks import (ConfigKeyError, DatasetFormatError, add_reliability_hooks,
-                     check_cfg_options, check_dataset_formats)
+from .checks import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
+                     add_reliability_hooks, check_cfg_options, check_dataset_formats,
+                     check_datasets)
 from .dist import prepare_cpu_distributed
 from .hooks import CheckpointCheckHook, CheckpointMismatchError, RNGStateHook
 
 __all__ = [
     'CheckpointCheckHook', 'CheckpointMismatchError', 'ConfigKeyError', 'DatasetFormatError',
-    'RNGStateHook', 'add_reliability_hooks', 'check_cfg_options', 'check_dataset_formats',
-    'prepare_cpu_distributed'
+    'DatasetNotFoundError', 'RNGStateHook', 'add_reliability_hooks', 'check_cfg_options',
+    'check_dataset_formats', 'check_datasets', 'prepare_cpu_distributed'
 ]

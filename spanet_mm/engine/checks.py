@@ -6,12 +6,13 @@ Used by ``tools/train.py`` / ``tools/test.py``:
 - :func:`check_cfg_options`: ``--cfg-options`` keys that name nothing (mmengine silently adds
   new keys; a top-level typo such as ``max_epoch=3`` or ``trian_dataloader.batch_size=2`` would
   be ignored by the Runner).
+- :func:`check_datasets`: dataset paths (data roots, annotation files, image folders, the
+  evaluators' annotation files) that do not exist, with the expected layout of the task.
 - :func:`check_dataset_formats`: annotation files that exist but are malformed (a COCO json
   without ``images``/``annotations``/``categories``, an ADE20K folder whose images have no
-  label maps, an ImageNet list file with bad lines). Missing paths are reported by
-  ``tools/train.py``'s own ``check_datasets``.
+  label maps, an ImageNet list file with bad lines).
 
-Both raise subclasses of ``ValueError`` whose message names the problem and the fix.
+Each raises an error whose message names the problem and the fix.
 """
 import difflib
 import json
@@ -64,8 +65,29 @@ def check_cfg_options(cfg, options: Optional[dict]) -> None:
             'print(Config.fromfile(\'CONFIG\').pretty_text)"`).')
 
 
-# --- dataset formats ---------------------------------------------------------------------------
+# --- dataset paths -----------------------------------------------------------------------------
+#: What each task expects on disk, for the missing-dataset error (docs/datasets.md has more).
+EXPECTED_LAYOUT = {
+    'mmpretrain': ('ImageNet layout:\n'
+                   '  <data_root>/train/<class>/<image>.JPEG\n'
+                   '  <data_root>/val/<image>.JPEG\n'
+                   '  <data_root>/meta/{train,val}.txt   ("<relative path> <label>" per line)'),
+    'mmdet': ('COCO layout:\n'
+              '  <data_root>/annotations/instances_{train,val}2017.json\n'
+              '  <data_root>/train2017/*.jpg\n'
+              '  <data_root>/val2017/*.jpg'),
+    'mmseg': ('ADE20K layout (ADEChallengeData2016):\n'
+              '  <data_root>/images/{training,validation}/*.jpg\n'
+              '  <data_root>/annotations/{training,validation}/*.png'),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset path named by the config does not exist."""
+
+
 def _leaf_datasets(dataset_cfg) -> Iterator[dict]:
+    """Dataset configs under wrappers (RepeatDataset, ClassBalancedDataset, ConcatDataset)."""
     if dataset_cfg is None:
         return
     if isinstance(dataset_cfg, (list, tuple)):
@@ -79,9 +101,71 @@ def _leaf_datasets(dataset_cfg) -> Iterator[dict]:
         yield dataset_cfg
 
 
-def _join(root: str, path: str) -> str:
-    return path if not root or osp.isabs(path) else osp.join(root, path)
+def _active_datasets(cfg, phases: List[str]) -> Iterator[tuple]:
+    """``(phase, dataset_cfg)`` of every dataloader that will run in ``phases``."""
+    for phase in phases:
+        loader = cfg.get(f'{phase}_dataloader')
+        if not loader or (phase != 'train' and cfg.get(f'{phase}_cfg') is None):
+            continue
+        for dataset in _leaf_datasets(loader.get('dataset')):
+            yield phase, dataset
 
+
+def _is_local(path: str) -> bool:
+    return bool(path) and '://' not in path
+
+
+def _join(root: str, path: str) -> str:
+    return path if not root or osp.isabs(path) or not _is_local(root) else osp.join(root, path)
+
+
+def _dataset_paths(scope: str, dataset: dict) -> List[str]:
+    """The files and folders one dataset config needs, per task."""
+    root = dataset.get('data_root') or ''
+    paths = [root] if root else []
+    if dataset.get('ann_file'):
+        paths.append(_join(root, dataset['ann_file']))
+    prefix = dataset.get('data_prefix') or ''
+    if scope == 'mmpretrain' and not prefix and dataset.get('split'):
+        prefix = dataset['split']  # ImageNet(split='train') reads <data_root>/train
+    prefixes = prefix.values() if isinstance(prefix, dict) else [prefix]
+    paths += [_join(root, p) for p in prefixes if p]
+    return paths
+
+
+def _evaluator_paths(evaluator) -> List[str]:
+    """Annotation files read by evaluators (CocoMetric's ann_file)."""
+    evaluators = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
+    return [e['ann_file'] for e in evaluators if isinstance(e, dict) and e.get('ann_file')]
+
+
+def check_datasets(cfg, scope: str, phases: List[str]) -> None:
+    """Fails before the Runner is built if a dataset path of ``phases`` is missing.
+
+    ``phases`` are among 'train', 'val', 'test'; only the dataloaders that will run are checked.
+    """
+    missing = []
+    for phase, dataset in _active_datasets(cfg, phases):
+        for path in _dataset_paths(scope, dataset):
+            missing.append((phase, path))
+    for phase in phases:
+        missing += [(phase, p) for p in _evaluator_paths(cfg.get(f'{phase}_evaluator'))]
+    missing = [(phase, path) for phase, path in dict.fromkeys(missing)
+               if _is_local(path) and not osp.exists(path)]
+    if missing:
+        listing = '\n'.join(f'  {phase}: {osp.abspath(path)}' for phase, path in missing)
+        raise DatasetNotFoundError(
+            f'Dataset not found. Missing path(s):\n{listing}\n'
+            f'Expected {EXPECTED_LAYOUT[scope]}\n'
+            'See docs/datasets.md for where to get the data and where to put it (or change '
+            '`data_root` with --cfg-options). For a small synthetic set run '
+            '`python tools/generate_demo_data.py` and use configs/*/demo/.')
+
+
+# --- dataset formats ---------------------------------------------------------------------------
+#: COCO files larger than this are not parsed twice (the dataset parses them anyway; the
+#: official files are well-formed): the format check is for hand-made and converted sets.
+MAX_CHECKED_COCO_BYTES = 64 * 2**20
 
 COCO_FIELDS = {
     'images': ('id', 'file_name', 'height', 'width'),
@@ -135,7 +219,7 @@ def check_ade20k_folder(img_dir: str, ann_dir: str, img_suffix: str = '.jpg',
                         seg_map_suffix: str = '.png') -> None:
     """Every image of an ADE20K-layout split has its label map."""
     if not osp.isdir(img_dir) or not osp.isdir(ann_dir):
-        return  # missing paths are tools/train.py's check_datasets' business
+        return  # missing paths are check_datasets' business
     images = sorted(f for f in os.listdir(img_dir) if f.endswith(img_suffix))
     if not images:
         raise DatasetFormatError(
@@ -168,30 +252,28 @@ def check_image_list(path: str) -> None:
 
 def check_dataset_formats(cfg, scope: str, phases: List[str]) -> None:
     """Format checks of every dataset the given phases will read (after path checks)."""
-    for phase in phases:
-        loader = cfg.get(f'{phase}_dataloader')
-        if not loader or (phase != 'train' and cfg.get(f'{phase}_cfg') is None):
+    for _, dataset in _active_datasets(cfg, phases):
+        root = dataset.get('data_root') or ''
+        ann_file = dataset.get('ann_file')
+        ann_path = _join(root, ann_file) if ann_file else None
+        if ann_path and not osp.isfile(ann_path):
             continue
-        for dataset in _leaf_datasets(loader.get('dataset')):
-            root = dataset.get('data_root') or ''
-            ann_file = dataset.get('ann_file')
-            ann_path = _join(root, ann_file) if ann_file else None
-            if ann_path and not osp.isfile(ann_path):
+        if scope == 'mmdet' and ann_path and ann_path.endswith('.json'):
+            if osp.getsize(ann_path) > MAX_CHECKED_COCO_BYTES:
                 continue
-            if scope == 'mmdet' and ann_path and ann_path.endswith('.json'):
-                classes = (dataset.get('metainfo') or {}).get('classes')
-                with_mask = any(t.get('with_mask') for t in dataset.get('pipeline') or []
-                                if isinstance(t, dict))
-                check_coco_file(ann_path, classes, with_mask)
-            elif scope == 'mmseg' and not ann_file:
-                prefix = dataset.get('data_prefix') or {}
-                img = prefix.get('img_path', 'images/training')
-                seg = prefix.get('seg_map_path', 'annotations/training')
-                check_ade20k_folder(_join(root, img), _join(root, seg),
-                                    dataset.get('img_suffix', '.jpg'),
-                                    dataset.get('seg_map_suffix', '.png'))
-            elif scope == 'mmpretrain' and ann_path and ann_path.endswith('.txt'):
-                check_image_list(ann_path)
+            classes = (dataset.get('metainfo') or {}).get('classes')
+            with_mask = any(t.get('with_mask') for t in dataset.get('pipeline') or []
+                            if isinstance(t, dict))
+            check_coco_file(ann_path, classes, with_mask)
+        elif scope == 'mmseg' and not ann_file:
+            prefix = dataset.get('data_prefix') or {}
+            img = prefix.get('img_path', 'images/training')
+            seg = prefix.get('seg_map_path', 'annotations/training')
+            check_ade20k_folder(_join(root, img), _join(root, seg),
+                                dataset.get('img_suffix', '.jpg'),
+                                dataset.get('seg_map_suffix', '.png'))
+        elif scope == 'mmpretrain' and ann_path and ann_path.endswith('.txt'):
+            check_image_list(ann_path)
 
 
 RELIABILITY_HOOKS = ('RNGStateHook', 'CheckpointCheckHook')
