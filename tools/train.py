@@ -166,17 +166,18 @@ def parse_args(argv=None):
 
 
 def enable_amp(cfg: Config) -> None:
-    if not torch.cuda.is_available():
-        raise ToolError("--amp needs a CUDA device: mmengine's AmpOptimWrapper does not run "
-                        'on CPUs.')
+    """Mixed precision: mmengine's AmpOptimWrapper on CUDA, bf16 autocast on CPUs."""
     optim_wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-    if optim_wrapper == 'AmpOptimWrapper':
+    if optim_wrapper in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
         print_log('AMP is already enabled in the config.', logger='current')
         return
-    assert optim_wrapper == 'OptimWrapper', \
-        f'--amp needs `optim_wrapper.type` OptimWrapper or AmpOptimWrapper, not {optim_wrapper}.'
-    cfg.optim_wrapper.type = 'AmpOptimWrapper'
-    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if optim_wrapper != 'OptimWrapper':
+        raise ToolError(f'--amp needs `optim_wrapper.type` OptimWrapper, not {optim_wrapper}.')
+    if torch.cuda.is_available():
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    else:
+        cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'  # bfloat16, no loss scaling needed
 
 
 def enable_auto_scale_lr(cfg: Config) -> None:

@@ -5,9 +5,10 @@ from .checks import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
                      check_datasets)
 from .dist import prepare_cpu_distributed
 from .hooks import CheckpointCheckHook, CheckpointMismatchError, RNGStateHook
+from .optim_wrapper import CPUAmpOptimWrapper
 
 __all__ = [
-    'CheckpointCheckHook', 'CheckpointMismatchError', 'ConfigKeyError', 'DatasetFormatError',
+    'CPUAmpOptimWrapper', 'CheckpointCheckHook', 'CheckpointMismatchError', 'ConfigKeyError', 'DatasetFormatError',
     'DatasetNotFoundError', 'RNGStateHook', 'add_reliability_hooks', 'check_cfg_options',
     'check_dataset_formats', 'check_datasets', 'prepare_cpu_distributed'
 ]

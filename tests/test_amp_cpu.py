@@ -1,0 +1,68 @@
+"""`tools/train.py --amp` on CPUs: bfloat16 autocast training steps for every task."""
+import os.path as osp
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from conftest import REPO_ROOT
+from spanet_mm.engine import CPUAmpOptimWrapper
+from test_tasks_models import build
+
+sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
+import train  # noqa: E402
+
+
+def amp_train_step(model, packed):
+    """One real train_step under CPUAmpOptimWrapper; returns the dtypes a backbone conv saw."""
+    seen = []
+    conv = model.backbone.stages[0][0].mlp.fc1
+    conv.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    optim_wrapper = CPUAmpOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.01))
+    before = [p.detach().clone() for p in model.backbone.parameters()]
+    model.train()
+    log_vars = model.train_step(packed, optim_wrapper)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in log_vars.values())
+    changed = [not torch.equal(a, b) for a, b in zip(before, model.backbone.parameters())]
+    assert sum(changed) > len(changed) // 2  # the step updated the backbone
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    return seen
+
+
+def test_detection_with_mmcv_ops():
+    from mmdet.testing import demo_mm_inputs
+    model = build('detection/demo/mask_rcnn_spanet_demo.py')
+    packed = demo_mm_inputs(2, [[3, 128, 128], [3, 96, 120]], num_items=[3, 1], num_classes=2,
+                            with_mask=True)
+    assert set(amp_train_step(model, packed)) == {torch.bfloat16}
+
+
+def test_segmentation():
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    model = build('segmentation/demo/fpn_spanet_demo.py')
+    samples = []
+    for _ in range(2):
+        sample = SegDataSample(metainfo=dict(img_shape=(96, 112), ori_shape=(96, 112)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 4, (1, 96, 112)))
+        samples.append(sample)
+    packed = dict(inputs=[torch.randint(0, 256, (3, 96, 112), dtype=torch.uint8)] * 2,
+                  data_samples=samples)
+    assert set(amp_train_step(model, packed)) == {torch.bfloat16}
+
+
+def test_classification():
+    from mmpretrain.structures import DataSample
+    model = build('classification/demo/spanet_demo_cls.py')
+    packed = dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)] * 4,
+                  data_samples=[DataSample().set_gt_label(i % 4) for i in range(4)])
+    assert set(amp_train_step(model, packed)) == {torch.bfloat16}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU choice')
+def test_train_tool_picks_the_cpu_wrapper():
+    cfg = Config(dict(optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='SGD'))))
+    train.enable_amp(cfg)
+    assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
+    assert 'loss_scale' not in cfg.optim_wrapper
