@@ -5,9 +5,15 @@
 the ``SPANet`` backbone in every installed toolbox and makes mmengine load local checkpoints
 safely on torch >= 2.6.
 """
-from .version import __version__  # noqa: F401
+import warnings
+
+# mmengine 0.10.7 needs pkg_resources, hence the setuptools<81 pin; its deprecation notice would
+# otherwise be printed on every import of mmengine's package utilities.
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
+
+from .version import __version__  # noqa: F401,E402
 from . import checkpoint  # noqa: F401,E402  registers the safe local checkpoint loader
 from .models import SPANet  # noqa: F401,E402
-from . import engine  # noqa: F401,E402  registers RNGStateHook (exact resume)
+from . import engine  # noqa: F401,E402  hooks (exact resume), CPU AMP, DDP on CPUs
 
 __all__ = ['SPANet', '__version__']
