@@ -13,8 +13,9 @@ machine slows all of them alike), and the median over ``--repeats`` rounds is re
   ``/proc/self/clear_refs``) over its resident memory before the step, with glibc's mmap
   threshold pinned to 128 KiB and free heap memory trimmed first, so that every tensor buffer
   is mapped when allocated and unmapped when freed (the peak is then that of the live tensors
-  plus the kernels' scratch memory). Memory is measured after the timing rounds, one step per
-  model.
+  plus the kernels' scratch memory). Memory is measured after the timing rounds, for each model
+  and mode in a fresh subprocess (same flags; one warm-up step, then the measured step), so
+  that no heap history of other models blurs it.
 
 Example::
 
@@ -28,6 +29,7 @@ import os.path as osp
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,6 +90,7 @@ def parse_args():
                         default=['forward', 'train'])
     parser.add_argument('--no-memory', action='store_true', help='skip the peak memory steps')
     parser.add_argument('--json', metavar='OUT', help='also write the results as JSON')
+    parser.add_argument('--memory-worker', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if len(args.size) == 1:
         args.size = args.size * 2
@@ -184,6 +187,33 @@ class PeakMemory:
         return self._status_bytes('VmHWM') - base
 
 
+def measure_in_subprocess(name: str, mode: str, args) -> int:
+    """Peak memory of one ``mode`` step of ``name``, in a fresh process (no heap history)."""
+    cmd = [sys.executable, osp.abspath(__file__), '--models', name, '--batch', str(args.batch),
+           '--size', str(args.size[0]), str(args.size[1]), '--device', args.device,
+           '--dtype', args.dtype, '--modes', mode, '--memory-worker']
+    if args.threads:
+        cmd += ['--threads', str(args.threads)]
+    if args.channels_last:
+        cmd.append('--channels-last')
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    match = re.search(r'^PEAK_BYTES (\d+)$', proc.stdout, re.M)
+    if proc.returncode or not match:
+        raise RuntimeError(f'memory measurement of {name} ({mode}) failed:\n{proc.stderr[-2000:]}')
+    return int(match.group(1))
+
+
+def memory_worker(args) -> None:
+    """``--memory-worker``: one warm-up step, then the measured one; prints the peak."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    peak = PeakMemory(torch.device(args.device))  # pins the mmap threshold before any model
+    runner = Runner(args.models[0], args)
+    step = getattr(runner, args.modes[0])
+    step()
+    print(f'PEAK_BYTES {peak(step)}')
+
+
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b if a is not None and b else None
 
@@ -194,6 +224,8 @@ def fmt(value, spec: str) -> str:
 
 def main():
     args = parse_args()
+    if args.memory_worker:
+        return memory_worker(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     from mmengine.utils import ProgressBar
@@ -218,9 +250,8 @@ def main():
 
     memory: Dict[str, Dict[str, int]] = {m: {} for m in args.modes}
     if not args.no_memory:
-        peak = PeakMemory(device)
         for mode, runner in steps:
-            memory[mode][runner.name] = peak(getattr(runner, mode))
+            memory[mode][runner.name] = measure_in_subprocess(runner.name, mode, args)
             bar.update()
     sys.stdout.write('\n')
 

@@ -207,6 +207,8 @@ class SPANet(BaseModule):
         'bx': dict(layers=[8, 8, 24, 8], embed_dims=[96, 192, 384, 768]),
     }
     default_radius = [2, 2, 1, 1]
+    #: Run the stages channels_last (NHWC) on CPU, whatever the input layout (see forward).
+    cpu_channels_last: bool = True
 
     def __init__(self,
                  arch: Union[str, dict] = 's',
@@ -347,8 +349,9 @@ class SPANet(BaseModule):
         # On CPU every 1x1 conv is a GEMM that oneDNN runs much faster on NHWC (channels_last)
         # maps than on NCHW ones, so the stages run NHWC; the outputs get the input's layout.
         out_format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-        if x.device.type == 'cpu' and not (torch.jit.is_tracing() or torch.jit.is_scripting()
-                                           or torch.onnx.is_in_onnx_export()):
+        if self.cpu_channels_last and x.device.type == 'cpu' and not (
+                torch.jit.is_tracing() or torch.jit.is_scripting()
+                or torch.onnx.is_in_onnx_export()):
             x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for i in range(self.num_stages):
