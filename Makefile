@@ -1,6 +1,6 @@
-# The two commands a new user needs: `make demo` and `make test`. Both create the environment on
-# first use (tools/setup_env.sh: a cached venv outside the repository, linked as .venv) and reuse
-# it afterwards.
+# The two commands a new user needs: `make demo` (the three tasks on bundled data) and
+# `make test`. Both create the environment on first use (tools/setup_env.sh: a cached venv
+# outside the repository, linked as .venv) and reuse it afterwards.
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 

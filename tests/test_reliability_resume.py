@@ -37,6 +37,7 @@ param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, b
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=-1))
 randomness = dict(seed=0, deterministic=True)
 custom_hooks = {hooks!r}
+reliability_hooks = {enabled!r}  # False: tools/train.py must not add RNGStateHook either
 """
 
 
@@ -54,7 +55,7 @@ def configs(tmp_path_factory):
     for name, hooks in (('hook', [dict(type='RNGStateHook')]), ('nohook', [])):
         paths[name] = root / f'cls_{name}.py'
         paths[name].write_text(CONFIG.format(base=DEMO_CLS, data_root=str(data_root),
-                                             hooks=hooks))
+                                             hooks=hooks, enabled=bool(hooks)))
     return root, paths
 
 
@@ -135,7 +136,6 @@ def test_without_the_hook_resume_is_not_exact(configs, uninterrupted):
 
 def test_load_from_does_not_restore_rng_states(configs, uninterrupted):
     """load_from (fine-tuning) starts a fresh run: the hook restores nothing."""
-    from mmengine.runner import Runner  # noqa: F401
     from spanet_mm.engine.hooks.rng_state_hook import RNGStateHook, get_rng_states
 
     class FakeRunner:
@@ -222,3 +222,6 @@ def test_add_reliability_hooks():
     cfg = Config(dict())
     add_reliability_hooks(cfg)
     assert [h['type'] for h in cfg.custom_hooks] == ['RNGStateHook', 'CheckpointCheckHook']
+    cfg = Config(dict(reliability_hooks=False))
+    add_reliability_hooks(cfg)
+    assert not cfg.get('custom_hooks')

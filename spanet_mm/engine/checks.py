@@ -30,7 +30,7 @@ RUNNER_KEYS = frozenset({
     'default_scope', 'randomness', 'experiment_name', 'runner_type', 'custom_imports',
     'find_unused_parameters', 'sync_bn', 'compile', 'activation_checkpointing',
     'efficient_conv_bn_eval', 'strategy', 'tta_model', 'tta_pipeline', 'model_wrapper_cfg',
-    'cfg', 'gpu_ids', 'dist_params',
+    'cfg', 'gpu_ids', 'dist_params', 'reliability_hooks',
 })
 
 
@@ -281,7 +281,12 @@ RELIABILITY_HOOKS = ('RNGStateHook', 'CheckpointCheckHook')
 
 def add_reliability_hooks(cfg, hooks=RELIABILITY_HOOKS) -> None:
     """Appends ``RNGStateHook`` and ``CheckpointCheckHook`` to ``cfg.custom_hooks`` unless the
-    config already has them (for tools that want them on every run)."""
+    config already has them (for tools that want them on every run).
+
+    A config opts out with ``reliability_hooks = False`` (e.g. to measure what they change).
+    """
+    if cfg.get('reliability_hooks', True) is False:
+        return
     custom_hooks = list(cfg.get('custom_hooks') or [])
     present = {h.get('type') if isinstance(h, dict) else type(h).__name__ for h in custom_hooks}
     custom_hooks += [dict(type=name) for name in hooks if name not in present]

@@ -172,9 +172,10 @@ def table(shape, config_dir: Optional[str] = None) -> str:
         model, backbone, is_classifier = build(config)
         r = count(model, backbone, is_classifier, shape)
         lines.append(
-            f'| SPANet-{variant.upper()} | {r["params_trainable"] / 1e6:.2f} M | '
-            f'{r["params_backbone"] / 1e6:.2f} M | '
-            f'{(r["params_model"] + r["params_filters"]) / 1e6:.2f} M | '
+            f'| SPANet-{variant.upper()} | {r["params_trainable"]:,} | '
+            f'{r["params_backbone"]:,} | '
+            f'{r["params_model"] + r["params_filters"]:,} '
+            f'({(r["params_model"] + r["params_filters"]) / 1e6:.1f}M) | '
             f'{r["macs_paper"] / 1e9:.4f} G | {r["macs_lowrank_total"] / 1e9:.4f} G |')
     return '\n'.join(lines)
 
