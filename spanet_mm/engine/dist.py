@@ -6,6 +6,7 @@ With ``--launcher pytorch`` mmengine's ``init_dist`` always calls ``torch.cuda.s
 ``device_ids=[LOCAL_RANK]``, which DDP rejects for CPU modules. :func:`prepare_cpu_distributed`
 avoids both; ``tools/train.py``/``tools/test.py`` call it before building the Runner.
 """
+import atexit
 import os
 
 import torch
@@ -34,6 +35,10 @@ def prepare_cpu_distributed(cfg, launcher: str) -> bool:
             raise RuntimeError(f'--launcher pytorch needs the environment variables {missing}; '
                                'start the job with tools/dist_train.sh (torchrun).')
         torch_dist.init_process_group(backend='gloo')
+        # mmengine never destroys the group; a gloo group still alive at interpreter exit can
+        # abort the process ("terminate called without an active exception") after a
+        # successful run, which torchrun reports as a failure.
+        atexit.register(_destroy_process_group)
     if cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(
             type='MMDistributedDataParallel',
@@ -41,3 +46,8 @@ def prepare_cpu_distributed(cfg, launcher: str) -> bool:
             broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
     return True
+
+
+def _destroy_process_group() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
