@@ -188,6 +188,27 @@ def test_mmdet_own_train_py(workspace):
     assert 'coco/bbox_mAP' in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize('task,toolbox,checkpoint', [('seg', 'mmseg', 'iter_2.pth'),
+                                                     ('cls', 'mmpretrain', 'epoch_1.pth')])
+def test_toolbox_own_train_and_test_py(task, toolbox, checkpoint, workspace):
+    """The same configs through mmseg's / mmpretrain's own train.py and test.py, which load
+    the Runner checkpoint through spanet_mm's safe loader (imported by custom_imports)."""
+    tools = osp.join(osp.dirname(__import__(toolbox).__file__), '.mim', 'tools')
+    spec = DEMO[task]
+    config = osp.join(CONFIGS, spec['config'])
+    work_dir = workspace / 'work_dirs' / f'{task}_{toolbox}_tools'
+    result = run([PYTHON, osp.join(tools, 'train.py'), config, '--work-dir', str(work_dir),
+                  '--cfg-options', *spec['options']], cwd=workspace)
+    check_ok(result)
+    assert osp.isfile(work_dir / checkpoint)
+    result = run([PYTHON, osp.join(tools, 'test.py'), config, str(work_dir / checkpoint),
+                  '--work-dir', str(work_dir / 'test')], cwd=workspace)
+    check_ok(result)
+    output = result.stdout + result.stderr
+    assert 'Load checkpoint from' in output
+    assert all(f'{key}:' in output for key in spec['metrics']), output[-2000:]
+
+
 @pytest.mark.parametrize('config,expected', [
     ('detection/retinanet_spanet_s_1x.py',
      ['data/coco/annotations/instances_train2017.json', 'data/coco/train2017',
