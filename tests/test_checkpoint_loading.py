@@ -10,6 +10,7 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from torch.utils.data import Dataset
 
 import spanet_mm  # noqa: F401  installs the loader
+from conftest import FileCreatingPayload
 from spanet_mm.checkpoint import CheckpointLoadError, load_local_checkpoint
 
 
@@ -83,18 +84,11 @@ def test_load_from_and_resume(runner_checkpoint, tmp_path):
     assert resumed.train_loop.epoch == 2
 
 
-class _Payload:
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
-
 
 def test_arbitrary_objects_are_refused(tmp_path):
     marker = tmp_path / 'pwned'
-    torch.save({'state_dict': {}, 'payload': _Payload(str(marker))}, tmp_path / 'evil.pth')
+    torch.save({'state_dict': {}, 'payload': FileCreatingPayload(str(marker))},
+               tmp_path / 'evil.pth')
     with pytest.raises(CheckpointLoadError, match='outside the allow-list'):
         _load_checkpoint(str(tmp_path / 'evil.pth'))
     assert not marker.exists()

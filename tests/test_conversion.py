@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, FileCreatingPayload
 from spanet_mm import SPANet
 from spanet_mm.conversion import CheckpointConversionError, convert_official
 
@@ -125,20 +125,12 @@ def test_corrupt_source(tmp_path):
 
 def test_source_is_never_unpickled_unsafely(tmp_path):
     marker = tmp_path / 'pwned'
-    torch.save({'state_dict': {}, 'payload': _Payload(str(marker))}, tmp_path / 'src.pth')
+    torch.save({'state_dict': {}, 'payload': FileCreatingPayload(str(marker))},
+               tmp_path / 'src.pth')
     result = run_converter(tmp_path / 'src.pth', tmp_path / 'dst.pth')
     assert result.returncode != 0 and 'weights-only' in result.stderr
     assert not marker.exists()
 
-
-class _Payload:
-    """Pickles into a call that would create a file if it were ever unpickled."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
 
 
 def test_missing_source(tmp_path):

@@ -22,7 +22,8 @@ def test_built_from_each_scope(scope):
 
 def run_with_broken(toolbox, error, build):
     """Imports spanet_mm with `toolbox` shadowed by a package that raises `error` on import."""
-    fake_root = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'spanet_mm_fake_{toolbox}_{os.getpid()}')
+    fake_root = os.path.join(os.environ.get('TMPDIR', '/tmp'),
+                             f'spanet_mm_fake_{toolbox}_{os.getpid()}')
     os.makedirs(os.path.join(fake_root, toolbox), exist_ok=True)
     with open(os.path.join(fake_root, toolbox, '__init__.py'), 'w') as f:
         f.write(f'raise {error}\n')

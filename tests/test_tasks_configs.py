@@ -34,12 +34,7 @@ DET_SEG_CONFIGS = [c for c in ALL_CONFIGS
                    if c.split(osp.sep)[0] in ('detection', 'segmentation') and 'demo' not in c]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def load(rel_path, **options) -> Config:

@@ -14,12 +14,7 @@ TINY_ARCH = dict(_delete_=True, layers=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def build(rel_path, **options):
