@@ -8,7 +8,8 @@ from .hooks import CheckpointCheckHook, CheckpointMismatchError, RNGStateHook
 from .optim_wrapper import CPUAmpOptimWrapper
 
 __all__ = [
-    'CPUAmpOptimWrapper', 'CheckpointCheckHook', 'CheckpointMismatchError', 'ConfigKeyError', 'DatasetFormatError',
+    'CPUAmpOptimWrapper', 'CheckpointCheckHook', 'CheckpointMismatchError', 'ConfigKeyError',
+    'DatasetFormatError',
     'DatasetNotFoundError', 'RNGStateHook', 'add_reliability_hooks', 'check_cfg_options',
     'check_dataset_formats', 'check_datasets', 'prepare_cpu_distributed'
 ]

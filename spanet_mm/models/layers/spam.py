@@ -172,7 +172,8 @@ class SpectralPoolingMixer(nn.Module):
         self.proj_out = nn.Conv2d(dim, dim, 1)
         gains_far = [pass_gain(lam) for lam in self.lambdas]
         # Per input channel: the filter far from DC (1 - lambda), and the relative deviation
-        # from it inside the circle and on it: (F - (1 - lambda)) / (1 - lambda). Non-persistent buffers: the state dict is unchanged.
+        # from it inside the circle and on it: (F - (1 - lambda)) / (1 - lambda).
+        # Non-persistent buffers: the state dict is unchanged.
         self.register_buffer('_gain_far', self._per_channel(gains_far), persistent=False)
         # The correction multiplies the far-scaled weight, hence the division (in float64).
         self.register_buffer(
