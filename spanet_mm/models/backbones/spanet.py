@@ -10,7 +10,7 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import MMLogger
-from mmengine.model import BaseModule, Sequential
+from mmengine.model import BaseModule, Sequential, trunc_normal_init
 from mmengine.runner.checkpoint import _load_checkpoint
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -190,8 +190,12 @@ class SPANet(BaseModule):
             low-rank form), ``'lowrank'``, or ``'fft'`` (the official formulation, a
             reference). All are exact. Defaults to ``'auto'``.
         with_cp (bool): Use activation checkpointing in every block. Defaults to False.
-        init_cfg (dict | list[dict], optional): Initialization config. Defaults to the
-            official init: truncated normal (std 0.02) convs and linears with zero bias.
+        init_cfg (dict | list[dict], optional): Initialization config. None (the default)
+            is the official from-scratch init (see :meth:`init_weights`). A ``Pretrained``
+            dict loads converted weights; its optional key ``load_out_norms`` (a sequence of
+            stage indices) names the output norms taken from the checkpoint, and the others
+            start new (weight 1, bias 0); without it every output norm the checkpoint has is
+            loaded. Any other config is applied by mmengine instead of the official init.
 
     Note:
         Each output is passed through its own ``norm{i}``. For the last stage this is the
@@ -221,10 +225,7 @@ class SPANet(BaseModule):
                  act_cfg: dict = dict(type='GELU'),
                  spectral_impl: str = 'auto',
                  with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, List[dict]]] = [
-                     dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
-                     dict(type='Constant', layer=['GroupNorm'], val=1., bias=0.),
-                 ]):
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch = self._parse_arch(arch)
         layers = self.arch['layers']
@@ -364,20 +365,36 @@ class SPANet(BaseModule):
         return tuple(outs)
 
     def init_weights(self) -> None:
-        """Initializes the weights; a ``Pretrained`` init_cfg is loaded and checked.
+        """Initializes the weights.
 
-        mmengine's ``PretrainedInit`` loads non-strictly and only logs what did not fit, so a
-        checkpoint of another arch, or of another model, would silently leave random weights.
-        Here every parameter of the stages must be present with the right shape; only output
-        norms may be missing (they start as identity, as in the official dense backbone).
+        - ``init_cfg=None``: the official model's from-scratch init. Only the two 1x1 convs of
+          every MLP are drawn anew, from a truncated normal (std 0.02) with zero bias. Every
+          other conv (stem, downsampling, ``proj_in``/``proj_out``, the depthwise convs, the
+          spectral projections) keeps PyTorch's default init from construction (kaiming
+          uniform with a=sqrt(5), std 1/sqrt(3 * fan_in)), as do the norms (weight 1, bias 0)
+          and the shortcut scales (1): a blanket std 0.02 would shrink these up to tenfold.
+        - ``Pretrained``: loaded and checked here. mmengine's ``PretrainedInit`` loads
+          non-strictly and only logs what did not fit, so a checkpoint of another arch, or of
+          another model, would silently leave random weights. Here every parameter of the
+          stages must be present with the right shape; output norms not taken from the
+          checkpoint start as identity (weight 1, bias 0), as in the official dense backbone.
+        - Any other ``init_cfg`` is applied by mmengine, instead of the official init.
         """
         if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            self._load_pretrained(self.init_cfg['checkpoint'], self.init_cfg.get('prefix'))
+            self._load_pretrained(self.init_cfg['checkpoint'], self.init_cfg.get('prefix'),
+                                  self.init_cfg.get('load_out_norms'))
             self._is_init = True
             return
+        official_init = self.init_cfg is None and not self._is_init  # only on the first call
         super().init_weights()
+        if official_init:
+            for module in self.modules():
+                if isinstance(module, ConvMlp):
+                    trunc_normal_init(module.fc1, std=.02, bias=0.)
+                    trunc_normal_init(module.fc2, std=.02, bias=0.)
 
-    def _load_pretrained(self, checkpoint: str, prefix: Optional[str]) -> None:
+    def _load_pretrained(self, checkpoint: str, prefix: Optional[str],
+                         load_out_norms: Optional[Sequence[int]] = None) -> None:
         if '://' not in checkpoint and not osp.isfile(checkpoint):
             raise FileNotFoundError(
                 f'SPANet pretrained weights {checkpoint!r} not found. Convert the official '
@@ -398,6 +415,8 @@ class SPANet(BaseModule):
                     f'{checkpoint} has no key starting with {prefix!r}: it is not a '
                     'spanet_mm/OpenMMLab SPANet checkpoint. Convert official files with '
                     'tools/model_converters/spanet_official_to_mm.py.')
+        if load_out_norms is not None:
+            state_dict = self._select_out_norms(state_dict, load_out_norms, checkpoint)
         own = self.state_dict()
         mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
                       for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
@@ -416,6 +435,25 @@ class SPANet(BaseModule):
             MMLogger.get_current_instance().info(
                 f'SPANet: {incompatible.missing_keys} not in {checkpoint}; '
                 'these output norms start as identity.')
+
+    def _select_out_norms(self, state_dict: dict, load_out_norms: Sequence[int],
+                          checkpoint: str) -> dict:
+        """Drops the output norms that ``init_cfg.load_out_norms`` does not name.
+
+        A converted ImageNet checkpoint holds the classifier's final norm as the last stage's
+        output norm; the official dense backbone does not use it (its output norms start new),
+        so the dense configs load none.
+        """
+        wanted = {index % self.num_stages for index in load_out_norms}
+        assert wanted <= set(self.out_indices), \
+            f'init_cfg.load_out_norms={tuple(load_out_norms)} names stages without an output ' \
+            f'norm; out_indices are {self.out_indices}.'
+        absent = [f'norm{i}' for i in sorted(wanted) if f'norm{i}.weight' not in state_dict]
+        if absent:
+            raise ValueError(f'{checkpoint} has no {absent}, which init_cfg.load_out_norms '
+                             'asks for.')
+        return {k: v for k, v in state_dict.items()
+                if not re.match(r'norm\d+\.', k) or int(k[4:k.index('.')]) in wanted}
 
     def _freeze_stages(self) -> None:
         modules = []
