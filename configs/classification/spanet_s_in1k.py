@@ -1,5 +1,8 @@
 # SPANet-S on ImageNet-1k, the official recipe (see _base_/spanet_in1k_recipe.py):
 # drop path 0.1, eval crop pct 0.9 (bicubic resize to 248, 224 centre crop). Reported top-1: 83.1.
+# Official batch 1024 = 4 GPUs x 128 x 2 accumulation steps; here 8 GPUs x 128 (or 4 x 128 with
+# optim_wrapper.accumulative_counts=2). Remaining differences from the official run
+# (random-crop interpolation, which checkpoints are kept): see the base's header.
 # Evaluate converted official weights:
 #   python tools/test.py configs/classification/spanet_s_in1k.py checkpoints/spanet_s_in1k.pth
 _base_ = './_base_/spanet_in1k_recipe.py'

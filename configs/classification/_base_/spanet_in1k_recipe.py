@@ -1,15 +1,29 @@
-# The official SPANet ImageNet-1k recipe (timm, DeiT-style), on mmpretrain's bases. The leaf
-# configs spanet_{s,m,mx,b,bx}_in1k.py pick the arch, its drop path and its eval crop.
+# The official SPANet ImageNet-1k recipe (DoranLyong/SPANet-official: timm's train.py with its
+# defaults and scripts/spanet/train_spanet_*.sh), on mmpretrain's bases. The leaf configs
+# spanet_{s,m,mx,b,bx}_in1k.py pick the arch, its drop path and its eval crop.
+# tests/data/official_recipes.yml records the official values; tests/test_recipes.py checks
+# the merged configs against it.
 #
-# - Data: mmpretrain's PoolFormer ImageNet pipeline: RandomResizedCrop 224 (bicubic; the
-#   official code draws the interpolation at random), flip, RandAugment rand-m9-mstd0.5-inc1,
-#   random erasing 0.25; eval: bicubic resize of the short edge to 224 / crop_pct, 224 crop.
-#   128 images per GPU; the official runs used a total batch of 1024 (8 x 128).
-# - Model: Mixup 0.8, CutMix 1.0, label smoothing 0.1 (the official runs use no EMA).
-# - Optimizer: AdamW lr 1e-3 at batch 1024 (`--auto-scale-lr` rescales it for other totals),
-#   weight decay 0.05, none on norms, biases and shortcut scales (every 1-D parameter).
-# - Schedule: 5 linear warm-up epochs from 1e-6, cosine to 1e-5 at epoch 300, then 10 cool-down
-#   epochs at 1e-5 (timm's `--epochs 300 --cooldown-epochs 10`: 310 epochs in all).
+# - Batch: 1024 in all. The official runs: 4 GPUs x 128 x 2 gradient-accumulation steps (S),
+#   4 GPUs x 64 x 4 (M, MX, B, BX). Here 128 per GPU: 8 GPUs give 1024; on 4 GPUs add
+#   `--cfg-options optim_wrapper.accumulative_counts=2` (and no `--auto-scale-lr`, which counts
+#   GPUs x batch_size only). SPANet has no BatchNorm, so accumulation equals the larger batch.
+# - Data: RandomResizedCrop 224 (scale 0.08-1, ratio 3/4-4/3), flip 0.5, RandAugment
+#   rand-m9-mstd0.5-inc1, random erasing 0.25 (per-pixel noise); eval: bicubic resize of the
+#   short edge to floor(224 / crop_pct), 224 centre crop. Difference: the official crop draws
+#   its interpolation at random (bilinear or bicubic, timm's 'random'); mmpretrain's
+#   RandomResizedCrop takes one, bicubic here.
+# - Model: Mixup 0.8 or CutMix 1.0 (one of the two per batch, as timm's switch prob 0.5), label
+#   smoothing 0.1, fp32, no EMA; init: the backbone's default (the official init, see
+#   SPANet.init_weights) and a truncated normal (std 0.02, zero bias) head.
+# - Optimizer: AdamW lr 1e-3 at batch 1024, betas (0.9, 0.999), eps 1e-8, weight decay 0.05,
+#   none on norms, biases and shortcut scales (every 1-D parameter, as timm), no clipping.
+# - Schedule: timm's cosine stepped once per epoch, reproduced at every epoch (see below):
+#   warm-up 1e-6 -> 1e-3 over epochs 0-5, cosine over epochs 0-300 to 1e-5 (epoch 150:
+#   5.05e-4), then 10 cool-down epochs at 1e-5: 310 epochs.
+# - Validation every epoch; the best top-1 checkpoint is kept, as are the last 10 epochs.
+#   Difference: timm keeps the 10 best-scoring epochs (plus the last and the best); mmengine
+#   can keep only the last N. The released weights are the best epoch either way.
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs128_poolformer_small_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
@@ -38,10 +52,21 @@ optim_wrapper = dict(
         _delete_=True, norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0),
 )
 
+# timm evaluates its schedule at the epoch index e, once per epoch: 1e-6 + e * (1e-3 - 1e-6) / 5
+# for e < 5, then the cosine over 0..300 at e, then 1e-5. Both schedulers here step per epoch
+# (no convert_to_iter_based) and both start at epoch 0, so the cosine keeps timm's phase:
+# - LinearLR reaches end_factor at step `end - 1`, so end=6 gives timm's five warm-up values at
+#   epochs 0-4 and the full rate at epoch 5; meanwhile the cosine scales the rate by its own
+#   factor, which is within 0.1% of 1 over these epochs (both schedules agree within 0.05%);
+# - the cosine with T_max=300 reaches 1e-5 at epoch 300 (end=301), where it stays for the 10
+#   cool-down epochs.
 param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=5,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, begin=5, end=300),
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=True, begin=0, end=6),
+    dict(type='CosineAnnealingLR', T_max=300, eta_min=1e-5, by_epoch=True, begin=0, end=301),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=310, val_interval=10)
+train_cfg = dict(by_epoch=True, max_epochs=310, val_interval=1)
+default_hooks = dict(
+    checkpoint=dict(
+        type='CheckpointHook', interval=1, save_best='accuracy/top1', rule='greater',
+        max_keep_ckpts=10))
 auto_scale_lr = dict(base_batch_size=1024)
