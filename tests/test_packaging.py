@@ -121,8 +121,8 @@ def installed(tmp_path_factory):
     pip_install(python, wheel, cwd=root)
     work = root / 'work'  # outside the checkout: only the installed spanet_mm is importable
     work.mkdir()
-    tools = osp.join(site, 'spanet_mm', '.mim', 'tools')
-    run([python, osp.join(tools, 'generate_demo_data.py'), '--out', 'data/demo'], cwd=work)
+    run([sys.executable, osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py'), '--out',
+         'data/demo'], cwd=work)
     return dict(root=root, source=source, wheel=wheel, python=python, site=site, work=work)
 
 
