@@ -87,6 +87,30 @@ def test_hub_registration_is_idempotent():
     assert spanet_mm.hub.register_model_index() == spanet_mm.hub.register_model_index()
 
 
+class _NotInstalled:
+    """A meta path finder for which a package is not installed."""
+
+    def __init__(self, package):
+        self.package = package
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.package or name.startswith(self.package + '.'):
+            raise ModuleNotFoundError(f'No module named {name!r}', name=self.package)
+        return None
+
+
+def test_no_mmpretrain_no_hub_and_no_error(monkeypatch, recwarn):
+    """Detection or segmentation without mmpretrain: the hub is skipped, silently."""
+    for name in [n for n in sys.modules if n == 'mmpretrain' or n.startswith('mmpretrain.')]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, 'meta_path', [_NotInstalled('mmpretrain')] + sys.meta_path)
+    monkeypatch.setattr(spanet_mm.hub, '_registered', False)
+    with pytest.raises(ModuleNotFoundError):
+        import mmpretrain  # noqa: F401
+    assert spanet_mm.hub.register_model_index() is None
+    assert not [w for w in recwarn if 'spanet_mm' in str(w.message)]
+
+
 # ---------------------------------------------------------------------------------------------
 # The model pages' "How to use" code
 
