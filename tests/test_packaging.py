@@ -15,6 +15,7 @@ runs in a directory outside the checkout with that venv's interpreter:
 - an editable install links ``spanet_mm/.mim`` to the checkout's files.
 """
 import glob
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import zipfile
 
 import pytest
@@ -81,15 +83,36 @@ train_cfg = dict(max_epochs=1, val_interval=1)
 '''
 
 
-def run(args, cwd, timeout=300):
+def start(args, cwd):
+    """Start a command with a clean environment (no PYTHONPATH), one thread, output to a file."""
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=timeout)
-    assert result.returncode == 0, (
-        f'{" ".join(map(str, args))}: exit code {result.returncode}\n--- stdout\n'
-        f'{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}')
-    return result.stdout
+    args = [str(a) for a in args]
+    log = tempfile.TemporaryFile('w+')
+    return args, log, subprocess.Popen(args, cwd=cwd, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, text=True)
+
+
+def finish(job, timeout=300):
+    """(command, exit code, output) of a started command."""
+    args, log, process = job
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.seek(0)
+    return ' '.join(args), process.returncode, log.read()
+
+
+def check(result):
+    command, returncode, output = result
+    assert returncode == 0, f'{command}: exit code {returncode}\n{output[-6000:]}'
+    return output
+
+
+def run(args, cwd):
+    return check(finish(start(args, cwd)))
 
 
 def make_venv(path):
@@ -183,36 +206,51 @@ def test_mim_search(installed):
     assert json.loads(out.splitlines()[-1]) == {n: [n] for n in MODEL_NAMES}
 
 
-def test_mim_train_and_test(installed):
-    python, work, site = installed['python'], installed['work'], installed['site']
+@pytest.fixture(scope='module')
+def trained(installed):
+    """``mim train``/``mim test spanet_mm`` on the classification demo (a config found inside
+    the package) and mmdet's own train.py/test.py on a user's config in another directory.
+    They are independent and mostly start-up time, so each pair runs at the same time."""
+    python, work = installed['python'], installed['work']
+    (work / 'my_configs').mkdir()
+    (work / 'my_configs' / 'retinanet_tiny_spanet.py').write_text(USER_CONFIG)
+    user_config = 'my_configs/retinanet_tiny_spanet.py'
+    mmdet_tools = osp.join(osp.dirname(importlib.util.find_spec('mmdet').origin), '.mim',
+                           'tools')
+    mim_train = start([python, '-m', 'mim', 'train', 'spanet_mm', 'spanet_demo_cls.py',
+                       '--gpus', '0', '--work-dir', 'mim_cls', '--cfg-options',
+                       'train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=8',
+                       'train_cfg.max_epochs=1'], cwd=work)
+    det_train = start([python, osp.join(mmdet_tools, 'train.py'), user_config, '--work-dir',
+                       'det'], cwd=work)
+    results = dict(mim_train=finish(mim_train), det_train=finish(det_train))
+    mim_test = start([python, '-m', 'mim', 'test', 'spanet_mm', 'spanet_demo_cls.py', '--gpus',
+                      '0', '--checkpoint', 'mim_cls/epoch_1.pth', '--work-dir', 'mim_cls_test',
+                      '--cfg-options', 'test_dataloader.dataset.indices=8'], cwd=work)
+    det_test = start([python, osp.join(mmdet_tools, 'test.py'), user_config, 'det/epoch_1.pth',
+                      '--work-dir', 'det_test'], cwd=work)
+    results.update(mim_test=finish(mim_test), det_test=finish(det_test))
+    return results
+
+
+def test_mim_train_and_test(installed, trained):
+    work, site = installed['work'], installed['site']
     mim_dir = osp.join(site, 'spanet_mm', '.mim')
-    out = run([python, '-m', 'mim', 'train', 'spanet_mm', 'spanet_demo_cls.py', '--gpus', '0',
-               '--work-dir', 'mim_cls', '--cfg-options', 'train_dataloader.dataset.indices=16',
-               'val_dataloader.dataset.indices=8', 'train_cfg.max_epochs=1'], cwd=work)
+    out = check(trained['mim_train'])
     # mim found the config and the training script inside the installed package.
     config = osp.join(mim_dir, 'configs', 'classification', 'demo', 'spanet_demo_cls.py')
     assert f'will use {config} instead' in out
     assert osp.join(mim_dir, 'tools', 'train.py') in out
     assert osp.isfile(work / 'mim_cls' / 'epoch_1.pth')
-    run([python, '-m', 'mim', 'test', 'spanet_mm', 'spanet_demo_cls.py', '--gpus', '0',
-         '--checkpoint', 'mim_cls/epoch_1.pth', '--work-dir', 'mim_cls_test',
-         '--cfg-options', 'test_dataloader.dataset.indices=8'], cwd=work)
+    check(trained['mim_test'])
     with open(work / 'mim_cls_test' / 'test_metrics.json') as f:
         assert 0 <= json.load(f)['accuracy/top1'] <= 100
 
 
-def test_user_config_with_mmdet_tools(installed):
-    python, work = installed['python'], installed['work']
-    configs = work / 'my_configs'
-    configs.mkdir()
-    (configs / 'retinanet_tiny_spanet.py').write_text(USER_CONFIG)
-    mmdet_tools = osp.join(run([python, '-c', 'import mmdet, os; print(os.path.dirname('
-                                'mmdet.__file__))'], cwd=work).strip(), '.mim', 'tools')
-    run([python, osp.join(mmdet_tools, 'train.py'), 'my_configs/retinanet_tiny_spanet.py',
-         '--work-dir', 'det'], cwd=work)
-    assert osp.isfile(work / 'det' / 'epoch_1.pth')
-    out = run([python, osp.join(mmdet_tools, 'test.py'), 'my_configs/retinanet_tiny_spanet.py',
-               'det/epoch_1.pth', '--work-dir', 'det_test'], cwd=work)
+def test_user_config_with_mmdet_tools(installed, trained):
+    check(trained['det_train'])
+    assert osp.isfile(installed['work'] / 'det' / 'epoch_1.pth')
+    out = check(trained['det_test'])
     assert re.search(r'Epoch\(test\).*coco/bbox_mAP: \d', out), out[-2000:]
 
 
