@@ -13,7 +13,6 @@ import torch
 
 from spanet_mm.models import SPANet
 from spanet_mm.models.layers import SpectralPoolingMixer, spectral_basis
-from spanet_mm.models.layers.spectral_pooling import _BASES
 
 MIXER_SIZES = [(56, 56), (28, 28), (14, 14), (7, 7), (33, 47), (64, 96), (37, 37), (32, 32),
                (5, 3), (2, 2), (1, 1)]
@@ -114,16 +113,6 @@ def test_spanet_s_224_lowrank_matches_fft():
     for name in ('stages.0.0.token_mixer.spectral_projs.0.weight',
                  'stages.2.11.token_mixer.proj_in.weight', 'downsample_layers.0.weight'):
         assert_same(gp_l[name], gp_f[name], 1e-4, f'grad {name}')
-
-
-def test_basis_cached_per_size_dtype_device():
-    a = spectral_basis(11, 13, 2, torch.float32, torch.device('cpu'))
-    assert spectral_basis(11, 13, 2, torch.float32, torch.device('cpu')) is a
-    b = spectral_basis(11, 13, 2, torch.float64, torch.device('cpu'))
-    assert b is not a and b[0].dtype == torch.float64
-    assert (11, 13, 2, torch.float32, torch.device('cpu')) in _BASES
-    basis = b[0]
-    torch.testing.assert_close(basis @ basis.t(), torch.eye(basis.shape[0], dtype=torch.float64))
 
 
 @pytest.mark.parametrize('impl', ['lowrank', 'fft'])
