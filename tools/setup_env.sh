@@ -6,9 +6,11 @@
 # Environment knobs:
 #   SPANET_MM_CACHE  cache root (default ~/.cache/spanet_mm): the venv and the mmcv wheels built here
 #   PYTHON           interpreter to create the venv with (default python3.11)
+# `tools/setup_env.sh --check` only asserts that the environment imports this checkout's package
+# from any working directory (.ci/run does before the tests).
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=$(cd "$(dirname "$0")/.." && pwd -P)
 cache=${SPANET_MM_CACHE:-$HOME/.cache/spanet_mm}
 python=${PYTHON:-python3.11}
 venv=$cache/venv-py311
@@ -23,10 +25,39 @@ install_project() {
     "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$repo"
 }
 
+installed_from() {
+    # The checkout that `import spanet_mm` loads from outside any checkout (as subprocesses,
+    # the converter and the toolboxes' own tools do): from /, so the current directory on
+    # sys.path cannot answer for the installed package.
+    (cd / && "$venv/bin/python" -c 'import os, spanet_mm
+print(os.path.dirname(os.path.dirname(os.path.realpath(spanet_mm.__file__))))' 2>/dev/null) || true
+}
+
+serve_this_clone() {
+    [ "$(installed_from)" = "$repo" ] || install_project
+    local where
+    where=$(installed_from)
+    if [ "$where" != "$repo" ]; then
+        echo "[setup_env] ERROR: the environment imports spanet_mm from '${where:-nowhere}'," \
+             "not from $repo. Remove $venv and run 'make env' again." >&2
+        exit 1
+    fi
+}
+
+if [ "${1:-}" = "--check" ]; then  # only assert that the environment serves this clone
+    where=$(installed_from)
+    if [ "$where" != "$repo" ]; then
+        echo "ERROR: $repo/.venv imports spanet_mm from '${where:-nowhere}', not from this" \
+             "checkout: tests would run other code. Run 'make env' in $repo." >&2
+        exit 1
+    fi
+    echo "[setup_env] the environment serves $repo"
+    exit 0
+fi
+
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
     link_venv
-    where=$("$venv/bin/python" -c 'import spanet_mm, os; print(os.path.dirname(os.path.dirname(spanet_mm.__file__)))' 2>/dev/null || true)
-    [ "$where" = "$repo" ] || install_project
+    serve_this_clone
     exit 0
 fi
 
@@ -78,7 +109,7 @@ WRAP
 fi
 
 "${pip[@]}" install -q -r "$repo/requirements/runtime.txt" -r "$repo/requirements/tests.txt"
-install_project
+serve_this_clone
 mmcv_ops_ok || { echo "[setup_env] mmcv ops do not import after the install" >&2; exit 1; }
 echo "$stamp" > "$stamp_file"
 link_venv
