@@ -55,6 +55,11 @@ PAPER_FLOPS = {
 }
 
 
+#: The official backbone without its head (final GroupNorm included), and its stage widths.
+OFFICIAL_BACKBONE_PARAMS = dict(s=28_092_096, m=41_173_952)
+STAGE_DIMS = (64, 128, 320, 512)
+
+
 def load_index():
     with open(osp.join(REPO_ROOT, 'model-index.yml')) as f:
         index = yaml.safe_load(f)
@@ -114,6 +119,20 @@ def test_paper_numbers():
     assert flops == pytest.approx(PAPER_FLOPS)
 
 
+def test_dense_backbone_parameters():
+    """The official backbone plus one GroupNorm (weight, bias) per extra output stage: stages
+    1-3 for RetinaNet (its FPN starts at stride 8, so the official code drops the stride-4
+    norm), all four for Mask R-CNN and Semantic FPN."""
+    _, models = load_index()
+    for model in models:
+        if 'Backbone Parameters' not in model['Metadata']:
+            continue
+        variant = re.search(r'_spanet_(s|m)_', model['Name']).group(1)
+        stages = (1, 2) if model['Name'].startswith('retinanet') else (0, 1, 2)
+        expected = OFFICIAL_BACKBONE_PARAMS[variant] + sum(2 * STAGE_DIMS[i] for i in stages)
+        assert model['Metadata']['Backbone Parameters'] == expected, model['Name']
+
+
 # ---------------------------------------------------------------------------------------------
 # Model pages
 
@@ -153,6 +172,9 @@ COLUMNS = {
     'Flops (G)': ('FLOPs', lambda v: f'{v / 1e9:.2f}'),
     'Params (M), paper': ('Parameters', lambda v: f'{v / 1e6:.0f}'),
     'FLOPs (G), paper': ('FLOPs', lambda v: f'{v / 1e9:.0f}'),
+    'Backbone params (M)': ('Backbone Parameters', lambda v: f'{v / 1e6:.2f}'),
+    'Backbone MACs (G)': ('Backbone FLOPs', lambda v: f'{v / 1e9:.2f}'),
+    'Batch': ('Batch Size', str),
 }
 METRIC_COLUMNS = {'Top-1 (%), paper': 'Top 1 Accuracy', 'box AP, paper': 'box AP',
                   'mask AP, paper': 'mask AP', 'mIoU, paper': 'mIoU'}
