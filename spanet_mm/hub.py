@@ -10,9 +10,10 @@ models by name::
     >>> model = mmpretrain.get_model('spanet_s_in1k', pretrained='checkpoints/spanet_s_in1k.pth')
 
 Only the classification metafile is registered: mmpretrain's hub builds every entry as an
-mmpretrain model, and mmdet's and mmseg's inferencers look names up only in their own
-package's model index, so detection and segmentation models are used through their config
-files (see ``configs/detection/README.md`` and ``configs/segmentation/README.md``).
+mmpretrain model. mmdet's and mmseg's inferencers look a name up only in the model index of a
+package on mmengine's fixed list (``MODULE2PACKAGE``), so detection and segmentation models are
+used through their config files (see ``configs/detection/README.md`` and
+``configs/segmentation/README.md``).
 
 Files: like the OpenMMLab toolboxes, an installed wheel carries ``model-index.yml``, the
 metafiles, ``configs/`` and ``tools/`` in ``spanet_mm/.mim/`` (copies; links to the checkout
