@@ -86,25 +86,20 @@ def find(transforms, name):
 
 
 def lr_trace(cfg: Config, num_epochs: int, epoch_length: int):
-    """The lr of every iteration, from the config's schedulers built by mmengine and stepped
-    as ParamSchedulerHook steps them: iteration-based ones after every iteration, epoch-based
-    ones after every epoch (``convert_to_iter_based`` ones become iteration-based, as the
-    Runner builds them)."""
+    """The lr of every iteration, from the config's schedulers built as the Runner builds them
+    (``end`` defaulting to the train loop's length; ``convert_to_iter_based`` ones with the
+    epoch length) and stepped as ParamSchedulerHook steps them: iteration-based ones after
+    every iteration, epoch-based ones after every epoch."""
     init_default_scope(cfg.default_scope)
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=cfg.optim_wrapper.optimizer.lr)
     schedulers = []
-    for scheduler_cfg in cfg.param_scheduler:
-        scheduler_cfg = dict(scheduler_cfg)
-        convert = scheduler_cfg.pop('convert_to_iter_based', False)
-        scheduler_cfg.pop('_scope_', None)
-        cls = PARAM_SCHEDULERS.get(scheduler_cfg.pop('type'))
-        if convert:
-            scheduler = cls.build_iter_from_epoch(
-                optimizer, epoch_length=epoch_length, **scheduler_cfg)
-        else:
-            scheduler = cls(optimizer, **scheduler_cfg)
-        schedulers.append(scheduler)
+    for scheduler_cfg in copy.deepcopy(cfg.param_scheduler):
+        by_epoch = scheduler_cfg.get('by_epoch', True)
+        scheduler_cfg.setdefault(
+            'end', cfg.train_cfg.max_epochs if by_epoch else cfg.train_cfg.get('max_iters'))
+        schedulers.append(PARAM_SCHEDULERS.build(
+            scheduler_cfg, default_args=dict(optimizer=optimizer, epoch_length=epoch_length)))
     trace = []
     for _ in range(num_epochs):
         for _ in range(epoch_length):
@@ -258,9 +253,9 @@ def test_imagenet_augmentation(variant):
     assert rand_augment.magnitude_level == float(magnitude[1:])
     assert rand_augment.magnitude_std == float(std[4:])
     assert rand_augment.total_level == value(aug['rand_augment_level_denominator'])
-    assert increasing == 'inc1'
-    assert cfg.train_dataloader.dataset.pipeline[[type(t).__name__ for t in train].index(
-        'RandAugment')].policies == 'timm_increasing'
+    assert increasing == 'inc1'  # timm's "increasing" op set, mmpretrain's timm_increasing
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    assert next(t for t in pipeline if t['type'] == 'RandAugment').policies == 'timm_increasing'
 
     erasing = find(train, 'RandomErasing')
     assert erasing.erase_prob == value(aug['reprob'])
