@@ -1,5 +1,6 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
 """Runner-level reliability: exact resume, checkpoint and input checks."""
+from .atomic_fileio import AtomicLocalBackend, install_atomic_local_backend
 from .checks import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
                      add_reliability_hooks, check_cfg_options, check_dataset_formats,
                      check_datasets)
@@ -7,9 +8,11 @@ from .dist import prepare_cpu_distributed
 from .hooks import CheckpointCheckHook, CheckpointMismatchError, RNGStateHook
 from .optim_wrapper import CPUAmpOptimWrapper
 
+install_atomic_local_backend()  # checkpoints are written atomically (no truncated files)
+
 __all__ = [
-    'CPUAmpOptimWrapper', 'CheckpointCheckHook', 'CheckpointMismatchError', 'ConfigKeyError',
-    'DatasetFormatError',
-    'DatasetNotFoundError', 'RNGStateHook', 'add_reliability_hooks', 'check_cfg_options',
-    'check_dataset_formats', 'check_datasets', 'prepare_cpu_distributed'
+    'AtomicLocalBackend', 'CPUAmpOptimWrapper', 'CheckpointCheckHook', 'CheckpointMismatchError',
+    'ConfigKeyError', 'DatasetFormatError', 'DatasetNotFoundError', 'RNGStateHook',
+    'add_reliability_hooks', 'check_cfg_options', 'check_dataset_formats', 'check_datasets',
+    'install_atomic_local_backend', 'prepare_cpu_distributed'
 ]
