@@ -18,7 +18,10 @@
 # Pretrained weights: python tools/model_converters/spanet_official_to_mm.py \
 #     spanet-small.pth checkpoints/spanet_s_in1k.pth
 # or train from scratch on purpose: --cfg-options model.backbone.init_cfg=None
-_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
+_base_ = [
+    'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+    '../_base_/spanet_runtime.py',
+]
 
 custom_imports = dict(imports=['spanet_mm'], allow_failed_imports=False)
 

@@ -26,6 +26,7 @@ _base_ = [
     'mmseg::_base_/datasets/ade20k.py',
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_80k.py',
+    '../_base_/spanet_runtime.py',
 ]
 
 custom_imports = dict(imports=['spanet_mm'], allow_failed_imports=False)

@@ -28,6 +28,7 @@ _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs128_poolformer_small_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
     'mmpretrain::_base_/default_runtime.py',
+    '../../_base_/spanet_runtime.py',
 ]
 
 model = dict(
@@ -45,6 +46,17 @@ model = dict(
         dict(type='CutMix', alpha=1.0),
     ]),
 )
+
+# mmpretrain's own tools/train.py fills in these dataloader settings unless a config states
+# them; stated here, so that every tool loads alike: samples collated into batch tensors, pinned
+# host memory. Training workers are not persistent: persistent workers carry their random state
+# from epoch to epoch, which no checkpoint can hold, so a resumed run would draw other
+# augmentations (RNGStateHook); new workers per epoch cost seconds of a 20-minute epoch.
+train_dataloader = dict(
+    collate_fn=dict(type='default_collate'), pin_memory=True, persistent_workers=False)
+val_dataloader = dict(
+    collate_fn=dict(type='default_collate'), pin_memory=True, persistent_workers=True)
+test_dataloader = val_dataloader
 
 optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05, eps=1e-8, betas=(0.9, 0.999)),
