@@ -1,6 +1,7 @@
 """The official-checkpoint converter: formats it accepts, and how it refuses bad input."""
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -44,14 +45,18 @@ def test_output_format(official_state, tmp_path):
     assert converted['meta']['has_head'] is True
 
 
-@pytest.mark.parametrize('wrap', [
-    lambda sd: sd,
-    lambda sd: {'state_dict': sd, 'epoch': 300, 'arch': 'spanet_small'},
-    lambda sd: {'model': sd},
-    lambda sd: {'state_dict': {f'backbone.{k}': v for k, v in sd.items()}},
-])
+# The layouts official files come in (as released, timm's train.py, a detector's backbone).
+WRAPS = {
+    'bare': lambda sd: sd,
+    'state_dict': lambda sd: {'state_dict': sd, 'epoch': 300, 'arch': 'spanet_small'},
+    'model': lambda sd: {'model': sd},
+    'backbone-prefixed': lambda sd: {'state_dict': {f'backbone.{k}': v for k, v in sd.items()}},
+}
+
+
+@pytest.mark.parametrize('wrap', list(WRAPS))
 def test_accepted_layouts(official_state, wrap):
-    state_dict, meta = convert_official(wrap(official_state))
+    state_dict, meta = convert_official(WRAPS[wrap](official_state))
     assert 'backbone.downsample_layers.0.weight' in state_dict
     assert meta['has_head']
 
@@ -91,9 +96,48 @@ def expect_failure(tmp_path, state, message, *extra):
     assert os.listdir(tmp_path) == ['src.pth']  # no partial or temporary file left behind
 
 
-def test_unknown_key(official_state, tmp_path):
-    official_state['network.0.0.token_mixer.extra_gate.weight'] = torch.zeros(1)
-    expect_failure(tmp_path, official_state, "Unknown key 'network.0.0.token_mixer.extra_gate")
+# Unknown keys in every place a converter could let one through: a rename rule that does not
+# match, a renamed key the model does not have, a near-miss of a key that is dropped on purpose.
+UNKNOWN_KEYS = [
+    'pos_embed',  # top level, a name no rule knows
+    'norm.weights',  # near-miss of the final norm
+    'head.weight_g',  # near-miss of the head (a weight-normed head)
+    'patch_embed.proj.weights',  # near-miss of the stem (renamed by its prefix)
+    'network.1.proj.weights',  # near-miss of a downsampling conv
+    'network.1.0.norm1.weight',  # a block key at a downsampling position
+    'norm1.weight',  # an output norm at an odd (downsampling) position
+    'network.2.0.token_mixer.gate.weight',  # inside a stage: renamed, but not a parameter
+    'network.4.0.norm1.weights',  # inside a stage: near-miss of a real key
+    'network.0.0.token_mixer.sps.0.filters',  # near-miss of the dropped spectral filter
+    'network.6.0.token_mixer.sps.3.filter.scale',  # under a dropped filter's name
+]
+
+@pytest.mark.parametrize('key, wrap', [(key, wrap) for key in UNKNOWN_KEYS
+                                       for wrap in ('bare', 'state_dict')] + [
+    ('pos_embed', 'model'), ('network.4.0.norm1.weights', 'model'),
+    ('pos_embed', 'backbone-prefixed'), ('network.4.0.norm1.weights', 'backbone-prefixed')])
+def test_unknown_key_is_refused_by_name(official_state, key, wrap):
+    official_state[key] = torch.zeros(1)
+    with pytest.raises(CheckpointConversionError, match=re.escape(f"Unknown key '{key}'")):
+        convert_official(WRAPS[wrap](official_state))
+
+
+@pytest.mark.parametrize('wrap', ['bare', 'state_dict'])
+def test_non_tensor_entry_is_refused_by_name(official_state, wrap):
+    official_state['network.2.0.token_mixer.gate'] = [1.0]
+    with pytest.raises(CheckpointConversionError,
+                       match=re.escape("Entry 'network.2.0.token_mixer.gate' is a list")):
+        convert_official(WRAPS[wrap](official_state))
+
+
+@pytest.mark.parametrize('wrap, key', [
+    ('bare', 'network.0.0.token_mixer.extra_gate.weight'),
+    ('state_dict', 'extra_token'),
+])
+def test_unknown_key(official_state, tmp_path, wrap, key):
+    """Through the command line: no output file, the key named."""
+    official_state[key] = torch.zeros(1)
+    expect_failure(tmp_path, WRAPS[wrap](official_state), f"Unknown key '{key}'")
 
 
 def test_missing_key(official_state, tmp_path):
