@@ -5,14 +5,16 @@ from .checks import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
                      add_reliability_hooks, check_cfg_options, check_dataset_formats,
                      check_datasets)
 from .dist import prepare_cpu_distributed
-from .hooks import CheckpointCheckHook, CheckpointMismatchError, RNGStateHook
+from .hooks import (CheckpointCheckHook, CheckpointMismatchError, ExactResumeError,
+                    RNGStateHook)
 from .optim_wrapper import CPUAmpOptimWrapper
 
 install_atomic_local_backend()  # checkpoints are written atomically (no truncated files)
 
 __all__ = [
     'AtomicLocalBackend', 'CPUAmpOptimWrapper', 'CheckpointCheckHook', 'CheckpointMismatchError',
-    'ConfigKeyError', 'DatasetFormatError', 'DatasetNotFoundError', 'RNGStateHook',
+    'ConfigKeyError', 'DatasetFormatError', 'DatasetNotFoundError', 'ExactResumeError',
+    'RNGStateHook',
     'add_reliability_hooks', 'check_cfg_options', 'check_dataset_formats', 'check_datasets',
     'install_atomic_local_backend', 'prepare_cpu_distributed'
 ]

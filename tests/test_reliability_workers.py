@@ -1,0 +1,118 @@
+"""Exact resume with dataloader workers: for each task (classification, detection,
+segmentation), ``tools/train.py`` with ``num_workers=2`` (persistent workers, the upstream
+dense bases' setting, and for classification also non-persistent ones) is run uninterrupted;
+a second process resumes from the uninterrupted run's first checkpoint (exactly the file a run
+stopped there would have left) and must end with weights ``torch.equal`` to the uninterrupted
+run's. The expected weights come from the uninterrupted run, never from the code under test.
+
+RNGStateHook seeds the workers of epoch-based loops per epoch from (seed, epoch, rank, worker
+id); without that, a resumed run's fresh persistent workers draw other augmentations.
+"""
+import os
+import os.path as osp
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
+CONFIGS = osp.join(REPO_ROOT, 'configs')
+
+COMMON = ['train_dataloader.num_workers=2', 'train_cfg.val_begin=1000',
+          'default_hooks.checkpoint.max_keep_ckpts=-1', 'randomness.deterministic=True']
+TASKS = {
+    # 2 iterations per epoch (one batch per worker), 2 epochs, drop path and random crops.
+    'cls': dict(config='classification/demo/spanet_demo_cls.py', first='epoch_1.pth',
+                last='epoch_2.pth',
+                options=['train_dataloader.dataset.indices=16', 'train_dataloader.batch_size=8',
+                         'train_cfg.max_epochs=2', 'default_hooks.checkpoint.interval=1',
+                         'model.backbone.drop_path_rate=0.1']),
+    # Mask R-CNN: random flips in the workers, RPN/R-CNN samplers in the main process.
+    'det': dict(config='detection/demo/mask_rcnn_spanet_demo.py', first='epoch_1.pth',
+                last='epoch_2.pth',
+                options=['train_dataloader.dataset.indices=4', 'train_dataloader.batch_size=2',
+                         'train_cfg.max_epochs=2', 'default_hooks.checkpoint.interval=1']),
+    # Iteration-based loop (InfiniteSampler): random resize, crop and flip in the workers.
+    'seg': dict(config='segmentation/demo/fpn_spanet_demo.py', first='iter_2.pth',
+                last='iter_4.pth',
+                options=['train_dataloader.batch_size=2', 'train_cfg.max_iters=4',
+                         'default_hooks.checkpoint.interval=2']),
+}
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory):
+    """data/demo/{coco,ade,imagenet} from tools/generate_demo_data.py, where the tools run."""
+    root = tmp_path_factory.mktemp('workers')
+    subprocess.run([sys.executable, osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py'),
+                    '--out', 'data/demo'], cwd=root, check=True, capture_output=True,
+                   timeout=120)
+    return root
+
+
+def _start(workspace, task, persistent, work_dir, *args):
+    spec = TASKS[task]
+    options = [*COMMON, *spec['options'], f'train_dataloader.persistent_workers={persistent}']
+    return subprocess.Popen(
+        [sys.executable, TRAIN, osp.join(CONFIGS, spec['config']), '--work-dir', str(work_dir),
+         *args, '--cfg-options', *options], cwd=workspace, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc):
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _weights(path):
+    from spanet_mm.checkpoint import load_local_checkpoint
+    return load_local_checkpoint(str(path))['state_dict']
+
+
+CASES = [('cls', True), ('cls', False), ('det', True), ('seg', True)]
+
+
+@pytest.fixture(scope='module')
+def runs(workspace):
+    """Every case's uninterrupted run, then every case's resumed run, side by side (the
+    processes are mostly start-up time; 2 dataloader workers each)."""
+    names = {case: f'{case[0]}_{"persistent" if case[1] else "restarted"}' for case in CASES}
+    full = {case: _start(workspace, *case, workspace / names[case] / 'full') for case in CASES}
+    logs = {case: _finish(proc) for case, proc in full.items()}
+    resumed = {}
+    for case in CASES:
+        first = TASKS[case[0]]['first']
+        work_dir = workspace / names[case] / 'resumed'
+        work_dir.mkdir(parents=True)
+        shutil.copy(workspace / names[case] / 'full' / first, work_dir / first)
+        resumed[case] = _start(workspace, *case, work_dir, '--resume', str(work_dir / first))
+    for case, proc in resumed.items():
+        logs[case] = (logs[case], _finish(proc))
+    return {case: (workspace / names[case], logs[case]) for case in CASES}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('task,persistent', CASES,
+                         ids=[f'{t}-{"persistent" if p else "restarted"}' for t, p in CASES])
+def test_resume_with_two_workers_is_exact(runs, task, persistent):
+    root, (full_log, resumed_log) = runs[(task, persistent)]
+    last = TASKS[task]['last']
+    expected = _weights(root / 'full' / last)
+    resumed = _weights(root / 'resumed' / last)
+    assert 'resumed epoch:' in resumed_log, resumed_log[-3000:]
+    assert expected.keys() == resumed.keys()
+    different = [k for k in expected if not torch.equal(expected[k], resumed[k])]
+    assert not different, (f'{len(different)} of {len(expected)} tensors differ, e.g. '
+                           f'{different[:3]}')
+    # The runs trained: the weights moved away from the first checkpoint.
+    first = _weights(root / 'full' / TASKS[task]['first'])
+    assert any(not torch.equal(first[k], expected[k]) for k in expected)
