@@ -230,14 +230,25 @@ def test_missing_dataset_names_path_and_layout(config, expected, tmp_path):
     assert not (tmp_path / 'work_dirs').exists()  # failed before building the Runner
 
 
-def test_test_py_missing_dataset(tmp_path, workspace):
-    fake = tmp_path / 'fake.pth'
-    fake.write_bytes(b'')
+def test_test_py_missing_dataset(tmp_path):
+    """tools/test.py checks the test set before it builds the Runner: the project's own ERROR
+    naming the missing folder and the fix, exit status 1, no traceback (without the check,
+    mmseg fails later with a traceback that also contains the path)."""
+    cwd = tmp_path.resolve()
+    checkpoint = cwd / 'any.pth'
+    checkpoint.write_bytes(b'')  # only its existence is checked before the datasets
     result = run([PYTHON, osp.join(TOOLS, 'test.py'),
-                  osp.join(CONFIGS, 'segmentation/fpn_spanet_m_80k.py'), str(fake)],
-                 cwd=tmp_path, timeout=120)
-    assert result.returncode != 0
-    assert 'data/ade/ADEChallengeData2016/images/validation' in result.stderr
+                  osp.join(CONFIGS, 'segmentation/fpn_spanet_m_80k.py'), str(checkpoint)],
+                 cwd=cwd, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert 'Traceback' not in output, output[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith('ERROR')]
+    assert errors == ['ERROR: Dataset not found. Missing path(s):'], result.stderr[-3000:]
+    # The relative data_root of the config, made absolute (where the user should put it).
+    assert f"test: {cwd / 'data/ade/ADEChallengeData2016/images/validation'}\n" in result.stderr
+    assert 'See docs/datasets.md' in result.stderr  # the fix
+    assert not (cwd / 'work_dirs').exists()  # stopped before the Runner
 
 
 def test_missing_default_scope(tmp_path):
