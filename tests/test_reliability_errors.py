@@ -300,22 +300,35 @@ def test_unknown_top_level_key_through_train_tool(demo, tmp_path):
     assert not (tmp_path / 'w').exists()
 
 
-def test_checkpoint_check_hook_sees_through_tta_and_ddp_wrappers():
-    """tools/test.py --tta wraps the model; mmengine loads into `.module`, so does the check."""
+def tta_runner(work_dir, load_from):
+    """A real Runner around the demo classifier wrapped as by tools/test.py --tta."""
     from mmengine.registry import init_default_scope
+    from mmengine.runner import Runner
     from mmpretrain.models import AverageClsScoreTTA
     from mmpretrain.registry import MODELS
-
-    from spanet_mm.engine import CheckpointCheckHook, CheckpointMismatchError
     init_default_scope('mmpretrain')
     model = MODELS.build(Config.fromfile(DEMO_CLS).model)
+    return Runner(model=AverageClsScoreTTA(module=model), work_dir=str(work_dir),
+                  load_from=str(load_from), custom_hooks=[dict(type='CheckpointCheckHook')],
+                  default_scope='mmpretrain')
 
-    class FakeRunner:
-        _load_from = 'ckpt.pth'
 
-    runner = FakeRunner()
-    runner.model = AverageClsScoreTTA(module=model)
-    hook = CheckpointCheckHook()
-    hook.after_load_checkpoint(runner, dict(state_dict=model.state_dict()))  # fits
-    with pytest.raises(CheckpointMismatchError, match='ckpt.pth does not fit the model at all'):
-        hook.after_load_checkpoint(runner, dict(state_dict={'conv1.weight': torch.zeros(1)}))
+def test_checkpoint_check_hook_sees_through_tta_wrapper(tmp_path):
+    """tools/test.py --tta wraps the model; mmengine loads into `.module`, so does the check:
+    a checkpoint of the classifier loads into the wrapped model, another model's is refused."""
+    from spanet_mm.engine import CheckpointMismatchError
+    saved = tta_runner(tmp_path / 'a', tmp_path / 'unused.pth').model.module.state_dict()
+    torch.save(dict(state_dict=saved), tmp_path / 'cls.pth')
+    runner = tta_runner(tmp_path / 'b', tmp_path / 'cls.pth')
+    assert not torch.equal(runner.model.module.state_dict()['head.fc.weight'],
+                           saved['head.fc.weight'])  # another random init
+    runner.load_or_resume()
+    loaded = runner.model.module.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+
+    torch.save(dict(state_dict={'conv1.weight': torch.zeros(1)}), tmp_path / 'other.pth')
+    runner = tta_runner(tmp_path / 'c', tmp_path / 'other.pth')
+    before = {k: v.clone() for k, v in runner.model.module.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match='other.pth does not fit the model at all'):
+        runner.load_or_resume()
+    assert all(torch.equal(v, before[k]) for k, v in runner.model.module.state_dict().items())
