@@ -18,9 +18,15 @@ import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .errors import UserError
 
-class CheckpointLoadError(RuntimeError):
+
+class CheckpointLoadError(UserError, RuntimeError):
     """A local checkpoint that is corrupt, truncated or holds objects outside the allow-list."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """A local checkpoint path that does not exist."""
 
 
 # Registered by every HistoryBuffer's constructor, so not yet known in a fresh process.
@@ -61,13 +67,15 @@ def load_local_checkpoint(filename: str, map_location=None) -> Any:
     """Loads a local ``.pth`` with ``weights_only=True`` and the Runner allow-list.
 
     Raises:
-        FileNotFoundError: The file does not exist.
+        CheckpointNotFoundError: The file does not exist.
         CheckpointLoadError: The file is truncated or corrupt, or it holds objects that are
             neither tensors nor allowed types (a file from an untrusted or unknown source).
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
-        raise FileNotFoundError(f'Checkpoint {filename} can not be found.')
+        raise CheckpointNotFoundError(
+            f'Checkpoint {filename} not found. Check the path (relative paths start from the '
+            'current directory), or drop --resume / load_from to start a new run.')
     try:
         with torch.serialization.safe_globals(RUNNER_CHECKPOINT_GLOBALS):
             return torch.load(filename, map_location=map_location, weights_only=True)

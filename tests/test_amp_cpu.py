@@ -1,17 +1,11 @@
 """`tools/train.py --amp` on CPUs: bfloat16 autocast training steps for every task."""
-import os.path as osp
-import sys
-
 import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import REPO_ROOT
 from spanet_mm.engine import CPUAmpOptimWrapper
+from spanet_mm.engine.launch import enable_amp
 from test_tasks_models import build
-
-sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
-import train  # noqa: E402
 
 
 def amp_train_step(model, packed):
@@ -63,6 +57,6 @@ def test_classification():
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU choice')
 def test_train_tool_picks_the_cpu_wrapper():
     cfg = Config(dict(optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='SGD'))))
-    train.enable_amp(cfg)
+    enable_amp(cfg)
     assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
     assert 'loss_scale' not in cfg.optim_wrapper

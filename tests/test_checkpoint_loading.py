@@ -120,5 +120,5 @@ def test_truncated_checkpoint(runner_checkpoint, tmp_path, size):
 
 
 def test_missing_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match='can not be found'):
+    with pytest.raises(FileNotFoundError, match='not found. Check the path'):
         _load_checkpoint(str(tmp_path / 'missing.pth'))

@@ -21,8 +21,8 @@ from mmengine.config import Config
 import spanet_mm  # noqa: F401
 from conftest import REPO_ROOT
 from spanet_mm import SPANet
-from spanet_mm.engine import (ConfigKeyError, DatasetFormatError, check_cfg_options,
-                              check_dataset_formats)
+from spanet_mm.engine import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
+                              check_cfg_options, check_dataset_formats)
 from spanet_mm.engine.checks import check_ade20k_folder, check_coco_file, check_image_list
 
 TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
@@ -247,7 +247,7 @@ def test_ade20k_folder_without_annotations_through_train_tool(tmp_path):
     (tmp_path / 'images' / 'training').mkdir(parents=True)
     config = osp.join(REPO_ROOT, 'configs', 'segmentation', 'demo', 'fpn_spanet_demo.py')
     train = load_tool(TRAIN)
-    with pytest.raises(train.DatasetNotFoundError) as error:
+    with pytest.raises(DatasetNotFoundError) as error:
         train.main([config, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
                     f'train_dataloader.dataset.data_root={tmp_path}',
                     f'val_dataloader.dataset.data_root={tmp_path}'])

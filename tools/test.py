@@ -19,16 +19,14 @@ Usage::
 import argparse
 import json
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-# tools/train.py imports spanet_mm first: SPANet is registered and Runner checkpoints load
-# safely on torch >= 2.6 before the checkpoint below is read.
-from train import (ToolError, add_reliability_hooks, build_runner,  # noqa: E402
-                   check_datasets, get_scope, merge_cfg_options, run_reporting_user_errors,
-                   set_dataloader_defaults, set_launcher, set_work_dir)
-from mmengine.config import Config, ConfigDict, DictAction  # noqa: E402
-from mmengine.logging import print_log  # noqa: E402
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.logging import print_log
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from spanet_mm.engine.launch import (ToolOptionError, check_data, get_scope, load_config,
+                                     run_tool, set_launcher, set_work_dir)
 
 DEFAULT_TTA_MODEL = {
     'mmpretrain': dict(type='AverageClsScoreTTA'),
@@ -72,7 +70,7 @@ def _out_mmpretrain(cfg: Config, out: str) -> None:
 
 def _out_mmdet(cfg: Config, out: str) -> None:
     if not out.endswith(('.pkl', '.pickle')):
-        raise ToolError(f'--out must be a .pkl or .pickle file for detection, got {out!r}.')
+        raise ToolOptionError(f'--out must be a .pkl or .pickle file for detection, got {out!r}.')
     cfg.test_evaluator = _as_list(cfg.test_evaluator) + [
         dict(type='DumpDetResults', out_file_path=out)]
 
@@ -102,7 +100,7 @@ def _show_mmseg(cfg: Config, show_dir: str) -> None:
 def _visualization_hook(cfg: Config) -> ConfigDict:
     hook = cfg.get('default_hooks', {}).get('visualization')
     if hook is None:
-        raise ToolError('--show-dir needs a `visualization` entry in `default_hooks` '
+        raise ToolOptionError('--show-dir needs a `visualization` entry in `default_hooks` '
                         '(the toolbox default_runtime.py has one).')
     return hook
 
@@ -129,14 +127,14 @@ def enable_tta(cfg: Config, scope: str) -> None:
     dataset.pipeline = cfg.tta_pipeline
 
 
-def main(argv=None) -> None:
+def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    merge_cfg_options(cfg, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     scope = get_scope(cfg, args.config)
     set_launcher(cfg, args.launcher, args.local_rank)
     set_work_dir(cfg, args.work_dir, args.config)
-    set_dataloader_defaults(cfg, scope)
+    if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
+        raise ToolOptionError(f'Checkpoint {args.checkpoint!r} not found.')
     cfg.load_from = args.checkpoint
     if args.out:
         SET_OUT[scope](cfg, osp.abspath(args.out))
@@ -145,12 +143,9 @@ def main(argv=None) -> None:
         SET_SHOW_DIR[scope](cfg, osp.abspath(args.show_dir))
     if args.tta:
         enable_tta(cfg, scope)
-    if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
-        raise ToolError(f'Checkpoint {args.checkpoint!r} not found.')
-    check_datasets(cfg, scope, ['test'])
-    add_reliability_hooks(cfg)  # refuses a checkpoint that does not fit the model
+    check_data(cfg, scope, ['test'])
 
-    runner = build_runner(cfg)
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     metrics = runner.test()
     if runner.rank == 0:
         # Also as JSON, for scripts (tools/demo.sh) and tests.
@@ -161,4 +156,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    run_reporting_user_errors(main)
+    run_tool(main)

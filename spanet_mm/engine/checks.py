@@ -20,6 +20,8 @@ import os
 import os.path as osp
 from typing import Iterable, Iterator, List, Optional
 
+from ..errors import UserError
+
 #: Top-level keys the Runner (``Runner.from_cfg``) and the tools read besides those a config
 #: usually has. A ``--cfg-options`` key outside the config and this set is a typo.
 RUNNER_KEYS = frozenset({
@@ -34,11 +36,11 @@ RUNNER_KEYS = frozenset({
 })
 
 
-class ConfigKeyError(ValueError):
+class ConfigKeyError(UserError, ValueError):
     """A ``--cfg-options`` key that the config does not have and nothing reads."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """An annotation file or folder that exists but is not in the expected format."""
 
 
@@ -82,7 +84,7 @@ EXPECTED_LAYOUT = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset path named by the config does not exist."""
 
 

@@ -14,10 +14,12 @@ from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import HOOKS
 
+from ...errors import UserError
+
 CONVERTER = 'tools/model_converters/spanet_official_to_mm.py'
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint whose tensors do not fit the model being loaded."""
 
 

@@ -1,0 +1,127 @@
+# Copyright (c) spanet_mm contributors. All rights reserved.
+"""What ``tools/train.py`` and ``tools/test.py`` do around the Runner, and nothing else.
+
+Run policy (hooks, dataloader settings) lives in the configs, so that the toolboxes' own tools
+run a config as ours do. What is left for a tool is the command line: checked
+``--cfg-options``, the work dir, the launcher (with the CPU-only DDP set-up of
+:mod:`.dist`), ``--amp`` (CUDA or CPU mixed precision), pre-flight dataset checks, and ending
+the process: a :class:`~spanet_mm.errors.UserError` as one ``ERROR:`` line, a finished
+distributed run torn down deterministically.
+"""
+import gc
+import os
+import os.path as osp
+import sys
+from typing import Callable, Optional, Sequence
+
+import torch
+from mmengine.config import Config, ConfigDict
+from mmengine.logging import print_log
+
+from ..errors import UserError
+from .checks import check_cfg_options, check_dataset_formats, check_datasets
+from .dist import finish_distributed, prepare_cpu_distributed
+
+SCOPES = ('mmpretrain', 'mmdet', 'mmseg')
+
+
+class ScopeError(UserError, ValueError):
+    """The config's ``default_scope`` is not one of the three toolboxes."""
+
+
+class ToolOptionError(UserError, ValueError):
+    """A command-line option that does not fit the config."""
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """The config with ``--cfg-options`` merged (refusing keys that nothing reads)."""
+    if not osp.isfile(path):
+        raise ToolOptionError(f'Config {path!r} not found.')
+    cfg = Config.fromfile(path)  # runs the config's custom_imports
+    if cfg_options:
+        check_cfg_options(cfg, cfg_options)
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def get_scope(cfg: Config, config_path: str) -> str:
+    """The task's toolbox, from ``default_scope``."""
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise ScopeError(
+            f'{config_path}: default_scope is {scope!r}, but these tools need one of '
+            f'{SCOPES}. Inherit the toolbox runtime (e.g. `mmdet::_base_/default_runtime.py`) '
+            'or set `default_scope` in the config; without it models are looked up in the '
+            "`mmengine` registry and SPANet's detectors/segmentors are not found.")
+    return scope
+
+
+def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:
+    """CLI > config > ``./work_dirs/<config name>``, as upstream's tools."""
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def set_launcher(cfg: Config, launcher: str, local_rank: int = 0) -> None:
+    """The launcher; without CUDA the gloo backend and the CPU DDP set-up of :mod:`.dist`."""
+    os.environ.setdefault('LOCAL_RANK', str(local_rank))
+    cfg.launcher = launcher
+    if torch.cuda.is_available():
+        return
+    cfg.setdefault('env_cfg', ConfigDict())
+    cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
+    cfg.env_cfg.dist_cfg.backend = 'gloo'
+    try:
+        prepare_cpu_distributed(cfg, launcher)
+    except RuntimeError as err:  # slurm/mpi without CUDA, or torchrun variables missing
+        raise ToolOptionError(str(err)) from err
+
+
+def enable_amp(cfg: Config) -> None:
+    """``--amp``: mmengine's AmpOptimWrapper on CUDA, bf16 autocast (CPUAmpOptimWrapper) else."""
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
+        print_log('AMP is already enabled in the config.', logger='current')
+    elif wrapper != 'OptimWrapper':
+        raise ToolOptionError(f'--amp needs `optim_wrapper.type` OptimWrapper, not {wrapper}.')
+    elif torch.cuda.is_available():
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    else:
+        cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'  # bfloat16: no loss scaling needed
+
+
+def enable_auto_scale_lr(cfg: Config) -> None:
+    """``--auto-scale-lr``: the config must say which total batch its lr is for."""
+    if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
+        raise ToolOptionError(
+            '--auto-scale-lr needs `auto_scale_lr = dict(base_batch_size=N)` (the total batch '
+            'the lr was set for) in the config.')
+    cfg.auto_scale_lr.enable = True
+
+
+def check_data(cfg: Config, scope: str, phases: Sequence[str]) -> None:
+    """Missing or malformed datasets of ``phases``, before minutes of start-up are spent."""
+    check_datasets(cfg, scope, list(phases))
+    check_dataset_formats(cfg, scope, list(phases))
+
+
+def run_tool(main: Callable[[], None]) -> None:
+    """Runs a tool's ``main`` and ends the process the way a user and a launcher expect.
+
+    - A :class:`UserError` (from the tool or from inside the Runner: a dataset, a config key,
+      a checkpoint that is truncated, unsafe or of another model) prints ``ERROR: <message>``
+      on stderr and exits with status 1, without a traceback.
+    - Any other exception propagates (traceback, non-zero exit).
+    - A finished run releases the Runner (and with it DDP and the dataloader workers), then
+      :func:`finish_distributed` ends a distributed run on every rank alike.
+    """
+    try:
+        main()
+    except UserError as err:
+        print(f'ERROR: {err}', file=sys.stderr, flush=True)
+        sys.exit(1)
+    gc.collect()  # the Runner's reference cycles: free DDP and workers before the teardown
+    finish_distributed()
