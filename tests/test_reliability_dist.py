@@ -34,21 +34,6 @@ TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
 GENERATOR = osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py')
 DATA_DIR = osp.join(REPO_ROOT, 'tests', 'data')
 
-with open(TRAIN) as f:
-    # mmengine 0.10.7 cannot start DDP without CUDA by itself (docs/reliability.md, section 2).
-    _source = f.read()
-    CPU_DDP_WIRED = ('prepare_cpu_distributed' in _source or 'init_process_group' in _source
-                     or 'SPANET_DIST_TRAIN' in os.environ)
-
-pytestmark = [
-    pytest.mark.skipif(not osp.isfile(DIST_TRAIN), reason='tools/dist_train.sh is missing'),
-    pytest.mark.xfail(
-        not CPU_DDP_WIRED, run=False,
-        reason='tools/train.py does not set up CPU DDP (e.g. with spanet_mm.engine.'
-        'prepare_cpu_distributed(cfg, launcher)); without it `--launcher pytorch` fails on '
-        'CPU ("Found no NVIDIA driver", then DDP device_ids)'),
-]
-
 COMMON = """
 custom_imports = dict(imports=['spanet_mm', 'rank_loss_recorder'], allow_failed_imports=False)
 val_dataloader = None
