@@ -1,5 +1,6 @@
 """Exact resume: a run killed with SIGKILL mid-epoch and resumed ends with the weights of a run
-never interrupted (RNGStateHook), and without the hook it does not."""
+never interrupted (RNGStateHook), and without the hook it does not. A run killed while it
+writes a checkpoint resumes from the last complete one (atomic checkpoint writes)."""
 import os
 import os.path as osp
 import re
@@ -15,6 +16,7 @@ import spanet_mm  # noqa: F401  registers RNGStateHook
 from conftest import REPO_ROOT
 
 TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
+TEST_DATA = osp.join(REPO_ROOT, 'tests', 'data')
 DEMO_CLS = osp.join(REPO_ROOT, 'configs', 'classification', 'demo', 'spanet_demo_cls.py')
 GENERATOR = osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py')
 
@@ -56,11 +58,18 @@ def configs(tmp_path_factory):
         paths[name] = root / f'cls_{name}.py'
         paths[name].write_text(CONFIG.format(base=DEMO_CLS, data_root=str(data_root),
                                              hooks=hooks, enabled=bool(hooks)))
+    # The same run on a slow disk (tests/data/slow_checkpoint_writes.py).
+    paths['slow_disk'] = root / 'cls_slow_disk.py'
+    paths['slow_disk'].write_text(
+        f'_base_ = {str(paths["hook"])!r}\n'
+        "custom_imports = dict(imports=['spanet_mm', 'slow_checkpoint_writes'],\n"
+        '                      allow_failed_imports=False)\n')
     return root, paths
 
 
-def _env():
-    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO_ROOT)
+def _env(**extra):
+    return dict(os.environ, OMP_NUM_THREADS='1',
+                PYTHONPATH=os.pathsep.join([REPO_ROOT, TEST_DATA]), **extra)
 
 
 def train(config, work_dir, *args):
@@ -70,18 +79,16 @@ def train(config, work_dir, *args):
     return result.stdout + result.stderr
 
 
-def train_and_kill(config, work_dir, epoch=2, after_iters=2):
-    """Starts training and SIGKILLs it once `after_iters` iterations of `epoch` are logged."""
+def train_and_kill(config, work_dir, pattern, env=None):
+    """Starts training and SIGKILLs it at the first output line that matches `pattern`."""
     proc = subprocess.Popen([sys.executable, TRAIN, str(config), '--work-dir', str(work_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_env())
-    pattern = re.compile(rf'Epoch\(train\)\s*\[{epoch}\]\[\s*(\d+)/')
+                            env=_env(**(env or {})))
     log = []
     try:
         for line in proc.stdout:
             log.append(line)
-            match = pattern.search(line)
-            if match and int(match.group(1)) >= after_iters:
+            if pattern(line):
                 proc.send_signal(signal.SIGKILL)
                 break
     finally:
@@ -89,6 +96,16 @@ def train_and_kill(config, work_dir, epoch=2, after_iters=2):
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, ''.join(log[-50:])
     return ''.join(log)
+
+
+def after_iterations(epoch, iters):
+    """Matches the log line of iteration `iters` of `epoch`."""
+    regex = re.compile(rf'Epoch\(train\)\s*\[{epoch}\]\[\s*(\d+)/')
+
+    def match(line):
+        found = regex.search(line)
+        return bool(found) and int(found.group(1)) >= iters
+    return match
 
 
 def final_weights(work_dir, epoch=2):
@@ -108,15 +125,29 @@ def uninterrupted(configs):
     return final_weights(root / 'uninterrupted')
 
 
-def test_killed_and_resumed_run_matches_uninterrupted_run(configs, uninterrupted):
+@pytest.fixture(scope='module')
+def killed_run(configs):
+    """The work dir of a run SIGKILLed after two iterations of epoch 2 (never modified: each
+    test resumes a copy of it)."""
     root, paths = configs
     work_dir = root / 'killed'
-    train_and_kill(paths['hook'], work_dir)
-    assert (work_dir / 'epoch_1.pth').is_file() and not (work_dir / 'epoch_2.pth').exists()
-    checkpoint = torch.load(work_dir / 'epoch_1.pth', weights_only=False)
+    train_and_kill(paths['hook'], work_dir, after_iterations(epoch=2, iters=2))
+    return work_dir
+
+
+def _copy(work_dir, name):
+    copy = work_dir.parent / name
+    shutil.copytree(work_dir, copy)
+    return copy
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_matches_uninterrupted_run(configs, killed_run, uninterrupted):
+    root, paths = configs
+    assert (killed_run / 'epoch_1.pth').is_file() and not (killed_run / 'epoch_2.pth').exists()
+    checkpoint = torch.load(killed_run / 'epoch_1.pth', weights_only=False)
     assert set(checkpoint['rng_states']) == {'world_size', 'per_rank'}
-    # Keep the first epoch's checkpoint for the run without the hook below.
-    shutil.copytree(work_dir, root / 'killed_copy')
+    work_dir = _copy(killed_run, 'killed_resumed_with_hook')
     log = train(paths['hook'], work_dir, '--resume')
     assert 'resumed epoch: 1' in log
     resumed = final_weights(work_dir)
@@ -124,17 +155,52 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(configs, uninterrupted
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
 
 
-def test_without_the_hook_resume_is_not_exact(configs, uninterrupted):
+@pytest.mark.slow
+def test_without_the_hook_resume_is_not_exact(configs, killed_run, uninterrupted):
     """The same resume without RNGStateHook: drop path and augmentations draw other numbers."""
     root, paths = configs
-    work_dir = root / 'killed_copy'
-    if not work_dir.exists():
-        pytest.skip('needs the killed run of the previous test')
-    train(paths['nohook'], work_dir, '--resume')
+    work_dir = _copy(killed_run, 'killed_resumed_without_hook')
+    log = train(paths['nohook'], work_dir, '--resume')
+    assert 'resumed epoch: 1' in log
     assert max_difference(final_weights(work_dir), uninterrupted) > 1e-4
 
 
-def test_load_from_does_not_restore_rng_states(configs, uninterrupted):
+def _loads(path):
+    from spanet_mm.checkpoint import load_local_checkpoint
+    try:
+        load_local_checkpoint(str(path))
+        return True
+    except Exception:  # truncated: CheckpointLoadError, or an EOF/zip error
+        return False
+
+
+@pytest.mark.slow
+def test_killed_while_writing_a_checkpoint(configs, uninterrupted):
+    """SIGKILL while epoch_2.pth is half written (a slow disk: tests/data); `--resume` picks
+    the last complete checkpoint (last_checkpoint), finishes, and matches the full run."""
+    root, paths = configs
+    work_dir = root / 'killed_while_writing'
+    log = train_and_kill(paths['slow_disk'], work_dir, lambda line: 'SLOW-WRITE' in line,
+                         env=dict(SPANET_MM_SLOW_WRITE='epoch_2.pth'))
+    assert 'SLOW-WRITE' in log  # killed inside the write, half of the file on disk
+    # No file under a checkpoint's name is incomplete; the half-written one has its own name.
+    # (Epoch 1's checkpoint and, after its validation, the best one; epoch 2 was being saved.)
+    checkpoints = sorted(p.name for p in work_dir.glob('*.pth'))
+    assert checkpoints == ['best_accuracy_top1_epoch_1.pth', 'epoch_1.pth'], checkpoints
+    assert all(_loads(p) for p in work_dir.glob('*.pth'))
+    temporary = [p.name for p in work_dir.iterdir() if p.name.startswith('.epoch_2.pth.')]
+    assert len(temporary) == 1 and not _loads(work_dir / temporary[0]), temporary
+    # Auto resume selects a complete file.
+    last = (work_dir / 'last_checkpoint').read_text().strip()
+    assert osp.basename(last) == 'epoch_1.pth' and _loads(last)
+    log = train(paths['hook'], work_dir, '--resume')
+    assert 'resumed epoch: 1' in log
+    assert all(_loads(p) for p in work_dir.glob('*.pth'))
+    resumed = final_weights(work_dir)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_load_from_does_not_restore_rng_states():
     """load_from (fine-tuning) starts a fresh run: the hook restores nothing."""
     from spanet_mm.engine.hooks.rng_state_hook import RNGStateHook, get_rng_states
 

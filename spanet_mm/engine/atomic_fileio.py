@@ -53,11 +53,10 @@ class AtomicLocalBackend(LocalBackend):
         mkdir_or_exist(dirname)
         tmp_path = osp.join(
             dirname, f'.{osp.basename(filepath)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
-        # O_EXCL: never write into someone else's file; mode 0o666 & ~umask like open().
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0),
-                     0o666)
+        # 'x': never write into someone else's file; mode 0o666 & ~umask, as open() does.
+        f = open(tmp_path, 'xb')
         try:
-            with os.fdopen(fd, 'wb') as f:
+            with f:
                 self.write_data(f, obj)
                 f.flush()
                 os.fsync(f.fileno())
