@@ -259,8 +259,20 @@ def _toy_runner(work_dir, hooks, **kwargs):
         custom_hooks=hooks, randomness=dict(seed=0, deterministic=True), **kwargs)
 
 
+@pytest.fixture
+def restore_determinism():
+    """The in-process Runners' deterministic=True turns torch's deterministic algorithms and
+    cuDNN flags on globally; put them back for the tests after this one."""
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+
+
 @pytest.mark.parametrize('with_hook', [True, False])
-def test_iteration_based_resume(tmp_path, with_hook):
+def test_iteration_based_resume(tmp_path, with_hook, restore_determinism):
     hooks = [dict(type='RNGStateHook')] if with_hook else []
     full = _toy_runner(tmp_path / 'full', hooks, experiment_name='full')
     full.train()
