@@ -7,14 +7,18 @@ mmengine 0.10.7 calls ``torch.load`` without ``weights_only``. Since torch 2.6 t
 fail. Importing :mod:`spanet_mm` replaces mmengine's loader for local files with
 :func:`load_local_checkpoint`: still ``weights_only=True``, plus an allow-list of exactly the types
 Runner checkpoints hold. Unrestricted unpickling is never turned on, globally or here.
+
+:func:`check_state_dict` is the project's one check that a checkpoint fits a model.
 """
 import os.path as osp
 import pickle
+import re
 import zipfile
 from typing import Any, Callable, List, Union
 
 import numpy as np
 import torch
+from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -27,6 +31,13 @@ class CheckpointLoadError(UserError, RuntimeError):
 
 class CheckpointNotFoundError(UserError, FileNotFoundError):
     """A local checkpoint path that does not exist."""
+
+
+class CheckpointMismatchError(UserError, ValueError):
+    """A checkpoint whose tensors do not fit the model being loaded."""
+
+
+CONVERTER = 'tools/model_converters/spanet_official_to_mm.py'
 
 
 # Registered by every HistoryBuffer's constructor, so not yet known in a fresh process.
@@ -94,3 +105,61 @@ def load_local_checkpoint(filename: str, map_location=None) -> Any:
 
 
 CheckpointLoader.register_scheme(prefixes='', force=True)(load_local_checkpoint)
+
+
+def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
+                     allowed_missing=(), source=None) -> None:
+    """Refuses a checkpoint whose tensors do not fit ``own`` (a model's state dict).
+
+    The one compatibility check of the project: :class:`~spanet_mm.engine.CheckpointCheckHook`
+    runs it for every checkpoint the Runner loads, :func:`spanet_mm.apis.init_model` for the
+    tools. Raises :class:`CheckpointMismatchError` when a tensor under ``strict_prefixes`` is
+    missing (unless ``allowed_missing`` matches it), has another shape or has no counterpart
+    in the model, or when no tensor fits at all; other misfits are logged as a warning.
+    """
+    name = source or 'the checkpoint'
+    state_dict = checkpoint
+    if isinstance(checkpoint, dict):
+        state_dict = checkpoint.get('state_dict', checkpoint.get('model', checkpoint))
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise CheckpointMismatchError(
+            f'{name} holds no state dict (found {type(state_dict).__name__}); it is not a '
+            'model checkpoint.')
+    state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}
+    allowed = [re.compile(p) if isinstance(p, str) else p for p in allowed_missing]
+    fitting = [k for k, v in own.items()
+               if k in state_dict and getattr(state_dict[k], 'shape', None) == v.shape]
+    mismatched = [f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}'
+                  for k, v in own.items() if k in state_dict and k not in fitting
+                  and hasattr(state_dict[k], 'shape')]
+    missing = [k for k in own if k not in state_dict and not any(p.match(k) for p in allowed)]
+    # Backbone tensors the model does not have: a deeper or other arch (``m`` into ``s``).
+    unexpected = [k for k in state_dict if k not in own and not any(p.match(k) for p in allowed)]
+    strict = lambda keys: [k for k in keys if k.startswith(strict_prefixes)]  # noqa: E731
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    arch = meta.get('arch') if isinstance(meta, dict) else None
+    held = f' (it was saved for SPANet arch {arch})' if arch else ''
+    example = sorted(state_dict)[:3]
+    if not fitting:
+        official = any(k.startswith(('network.', 'patch_embed.')) for k in state_dict)
+        hint = ('It looks like an official SPANet file: convert it first with\n'
+                f'  python {CONVERTER} SRC DST') if official else (
+            'It is not a checkpoint of this model (not spanet_mm SPANet). Use a checkpoint '
+            f'trained with this config, or convert official SPANet files with {CONVERTER}')
+        raise CheckpointMismatchError(
+            f'{name} does not fit the model at all: none of its {len(state_dict)} tensors '
+            f'(e.g. {example}) matches the model\'s {len(own)} tensors (e.g. '
+            f'{sorted(own)[:3]}). {hint}.')
+    if strict(mismatched) or strict(missing) or strict(unexpected):
+        raise CheckpointMismatchError(
+            f'{name} does not fit the model{held}: {len(strict(mismatched))} shape '
+            f'mismatch(es) {strict(mismatched)[:3]}, {len(strict(missing))} missing '
+            f'tensor(s) {strict(missing)[:3]}, {len(strict(unexpected))} tensor(s) the model '
+            f'does not have {strict(unexpected)[:3]} under {list(strict_prefixes)}. It is '
+            'probably a '
+            'checkpoint of another SPANet arch or another backbone: use the config of the '
+            'arch it was trained with (or the checkpoint of this config\'s arch).')
+    if mismatched or missing:
+        print_log(f'{name}: {len(mismatched)} tensor(s) of other shape {mismatched[:3]} and '
+                  f'{len(missing)} missing {missing[:3]} outside {list(strict_prefixes)}; '
+                  'they keep their initial values.', logger='current', level=30)

@@ -80,7 +80,7 @@ def test_checkpoint_of_another_arch_is_refused_on_load_from():
     """What CheckpointCheckHook says for load_from / tools/test.py (the CLI path is covered by
     test_test_tool_refuses_a_checkpoint_of_another_model)."""
     from spanet_mm.engine import CheckpointMismatchError
-    from spanet_mm.engine.hooks.checkpoint_check_hook import check_state_dict
+    from spanet_mm.checkpoint import check_state_dict
     deeper = dict(layers=[2, 2, 2, 2], embed_dims=[16, 32, 48, 64])  # 'm' is deeper than 's'
     checkpoint = dict(state_dict=tiny_state(deeper), meta=dict(arch=deeper))
     with pytest.raises(CheckpointMismatchError,
@@ -110,7 +110,7 @@ def test_test_tool_reports_a_missing_checkpoint(demo, tmp_path):
 
 def test_unconverted_official_checkpoint_names_the_converter():
     from spanet_mm.engine import CheckpointMismatchError
-    from spanet_mm.engine.hooks.checkpoint_check_hook import check_state_dict
+    from spanet_mm.checkpoint import check_state_dict
     own = tiny_state()
     official = {'patch_embed.proj.weight': torch.zeros(1), 'network.0.0.norm1.weight':
                 torch.zeros(1)}

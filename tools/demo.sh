@@ -29,20 +29,13 @@ config_of() {
 save_untrained() {
     "$PYTHON" - "$1" "$2" <<'EOF'
 import sys
-import spanet_mm  # noqa: F401
 import torch
 from mmengine.config import Config
-from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import set_random_seed
+from spanet_mm.apis import init_model
 config, out = sys.argv[1:]
-cfg = Config.fromfile(config)
-init_default_scope(cfg.default_scope)
-set_random_seed(cfg.get('randomness', {}).get('seed', 0))
-model_cfg = cfg.model
-if cfg.get('data_preprocessor'):
-    model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
-model = MODELS.build(model_cfg)
-model.init_weights()
+set_random_seed(Config.fromfile(config).get('randomness', {}).get('seed', 0))
+model = init_model(config)
 torch.save({'state_dict': model.state_dict(), 'meta': {'note': 'untrained'}}, out)
 EOF
 }

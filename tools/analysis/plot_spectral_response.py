@@ -62,7 +62,7 @@ def build_model(config: str, checkpoint: str, device: str):
     from mmengine.registry import MODELS, init_default_scope
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    from spanet_mm.engine.hooks.checkpoint_check_hook import check_state_dict
+    from spanet_mm.checkpoint import check_state_dict
 
     cfg = Config.fromfile(config)
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))

@@ -1,0 +1,40 @@
+"""spanet_mm.apis.init_model: the model of a config of any of the three tasks, with checks."""
+import os.path as osp
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from spanet_mm.apis import init_model
+from spanet_mm.checkpoint import CheckpointMismatchError
+
+DEMOS = {
+    'mmpretrain': 'classification/demo/spanet_demo_cls.py',
+    'mmdet': 'detection/demo/mask_rcnn_spanet_demo.py',
+    'mmseg': 'segmentation/demo/fpn_spanet_demo.py',
+}
+
+
+@pytest.mark.parametrize('scope', sorted(DEMOS))
+def test_init_model_builds_and_loads(scope, tmp_path, one_thread):
+    config = osp.join(REPO_ROOT, 'configs', DEMOS[scope])
+    model = init_model(config)
+    assert not model.training and model.cfg.default_scope == scope
+    assert type(model).__module__.startswith(scope)  # the toolbox's own model class
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
+    torch.save(dict(state_dict=state, meta=dict(dataset_meta=dict(classes=('a', 'b')))),
+               tmp_path / 'ckpt.pth')
+    loaded = init_model(config, str(tmp_path / 'ckpt.pth'))
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+    assert loaded.dataset_meta['classes'] == ('a', 'b')
+
+
+def test_init_model_refuses_a_checkpoint_of_another_arch(tmp_path):
+    config = osp.join(REPO_ROOT, 'configs', DEMOS['mmpretrain'])
+    model = init_model(config)
+    state = {k: v for k, v in model.state_dict().items() if '.stages.3.' not in k}
+    torch.save(dict(state_dict=state), tmp_path / 'short.pth')
+    with pytest.raises(CheckpointMismatchError, match='short.pth does not fit the model'):
+        init_model(config, str(tmp_path / 'short.pth'))
