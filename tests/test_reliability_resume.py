@@ -229,7 +229,7 @@ class _NoisyPoints(torch.utils.data.Dataset):
         return dict(inputs=x, targets=2 * x[0])
 
 
-def _toy_runner(work_dir, hooks, **kwargs):
+def _toy_runner(work_dir, hooks, by_epoch=False, num_workers=0, persistent=False, **kwargs):
     from mmengine.model import BaseModel
     from mmengine.runner import Runner
 
@@ -248,13 +248,17 @@ def _toy_runner(work_dir, hooks, **kwargs):
                 return dict(loss=(out - torch.stack(targets)).square().mean())
             return out
 
+    sampler = 'DefaultSampler' if by_epoch else 'InfiniteSampler'
     return Runner(
         model=Regressor(), work_dir=str(work_dir),
-        train_dataloader=dict(dataset=_NoisyPoints(), batch_size=4, num_workers=0,
-                              sampler=dict(type='InfiniteSampler', shuffle=True)),
+        train_dataloader=dict(dataset=_NoisyPoints(), batch_size=4, num_workers=num_workers,
+                              persistent_workers=persistent,
+                              sampler=dict(type=sampler, shuffle=True)),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
-        train_cfg=dict(by_epoch=False, max_iters=8),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=3, by_epoch=False),
+        train_cfg=dict(by_epoch=True, max_epochs=3) if by_epoch else dict(by_epoch=False,
+                                                                          max_iters=8),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1 if by_epoch else 3,
+                                           by_epoch=by_epoch),
                            logger=dict(type='LoggerHook', interval=1)),
         custom_hooks=hooks, randomness=dict(seed=0, deterministic=True), **kwargs)
 
@@ -286,6 +290,39 @@ def test_iteration_based_resume(tmp_path, with_hook, restore_determinism):
         assert difference == 0
     else:
         assert difference > 1e-4
+
+
+# --- epoch-based loop with 2 dataloader workers: in-process, with the toy model --------------
+@pytest.mark.parametrize('persistent', [True, False], ids=['persistent', 'restarted'])
+def test_epoch_based_resume_with_workers(tmp_path, persistent, restore_determinism):
+    """3 epochs of 3 batches with 2 workers (numpy/python augmentations in the workers, dropout
+    in the main process); resumed from epoch 1's checkpoint, the weights equal the full run's."""
+    hooks = [dict(type='RNGStateHook')]
+    full = _toy_runner(tmp_path / 'full', hooks, by_epoch=True, num_workers=2,
+                       persistent=persistent, experiment_name='full')
+    full.train()
+    expected = {k: v.clone() for k, v in full.model.state_dict().items()}
+    resumed = _toy_runner(tmp_path / 'resumed', hooks, by_epoch=True, num_workers=2,
+                          persistent=persistent, experiment_name='resumed',
+                          load_from=str(tmp_path / 'full' / 'epoch_1.pth'), resume=True)
+    resumed.train()
+    assert max_difference(resumed.model.state_dict(), expected) == 0
+
+
+def test_persistent_workers_without_epoch_seeding_refuse_to_resume(tmp_path,
+                                                                 restore_determinism):
+    """With mmengine's worker seeding kept, persistent workers in an epoch-based loop cannot
+    be resumed exactly: the resume is refused, naming the fix."""
+    from spanet_mm.engine import ExactResumeError
+    hooks = [dict(type='RNGStateHook', seed_workers_per_epoch=False)]
+    full = _toy_runner(tmp_path / 'full', hooks, by_epoch=True, num_workers=2, persistent=True,
+                       experiment_name='full')
+    full.train()  # a fresh run only warns
+    resumed = _toy_runner(tmp_path / 'resumed', hooks, by_epoch=True, num_workers=2,
+                          persistent=True, experiment_name='resumed',
+                          load_from=str(tmp_path / 'full' / 'epoch_1.pth'), resume=True)
+    with pytest.raises(ExactResumeError, match='train_dataloader.persistent_workers=False'):
+        resumed.train()
 
 
 def test_add_reliability_hooks():
