@@ -60,11 +60,14 @@ from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 from torch.utils.data import DataLoader, get_worker_info
 
+from ...errors import UserError
+
 CHECKPOINT_KEY = 'rng_states'
 
 
-class ExactResumeError(ValueError):
-    """A resume that cannot reproduce the interrupted run, refused: the config's to fix."""
+class ExactResumeError(UserError, ValueError):
+    """A resume that cannot reproduce the interrupted run, refused: the config's to fix (the
+    tools print it as one ``ERROR:`` line)."""
 
 
 def get_rng_states() -> Dict[str, Any]:
