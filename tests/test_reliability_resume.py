@@ -229,7 +229,8 @@ class _NoisyPoints(torch.utils.data.Dataset):
         return dict(inputs=x, targets=2 * x[0])
 
 
-def _toy_runner(work_dir, hooks, by_epoch=False, num_workers=0, persistent=False, **kwargs):
+def _toy_runner(work_dir, hooks, by_epoch=False, num_workers=0, persistent=False,
+                max_keep_ckpts=-1, **kwargs):
     from mmengine.model import BaseModel
     from mmengine.runner import Runner
 
@@ -258,7 +259,7 @@ def _toy_runner(work_dir, hooks, by_epoch=False, num_workers=0, persistent=False
         train_cfg=dict(by_epoch=True, max_epochs=3) if by_epoch else dict(by_epoch=False,
                                                                           max_iters=8),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1 if by_epoch else 3,
-                                           by_epoch=by_epoch),
+                                           by_epoch=by_epoch, max_keep_ckpts=max_keep_ckpts),
                            logger=dict(type='LoggerHook', interval=1)),
         custom_hooks=hooks, randomness=dict(seed=0, deterministic=True), **kwargs)
 
@@ -323,6 +324,58 @@ def test_persistent_workers_without_epoch_seeding_refuse_to_resume(tmp_path,
                           load_from=str(tmp_path / 'full' / 'epoch_1.pth'), resume=True)
     with pytest.raises(ExactResumeError, match='train_dataloader.persistent_workers=False'):
         resumed.train()
+
+
+# --- a checkpoint write that fails (a full disk): in-process, with the toy model -------------
+@pytest.fixture
+def full_disk_at_epoch_2():
+    """mmengine's local backend becomes spanet_mm's atomic one on a disk that is full when
+    epoch_2.pth is written; the backend that was registered is put back afterwards."""
+    import errno
+
+    from mmengine.fileio.backends import backends, prefix_to_backends, register_backend
+
+    from spanet_mm.engine import AtomicLocalBackend
+
+    class FullDisk(AtomicLocalBackend):
+        full = True
+
+        def write_data(self, fileobj, data):
+            if self.full and '.epoch_2.pth.' in osp.basename(fileobj.name):
+                fileobj.write(data[:len(data) // 2])
+                raise OSError(errno.ENOSPC, 'No space left on device', fileobj.name)
+            super().write_data(fileobj, data)
+
+    saved = backends['local'], prefix_to_backends['']
+    register_backend('local', FullDisk, force=True, prefixes='')
+    yield FullDisk
+    register_backend('local', saved[0], force=True)
+    prefix_to_backends[''] = saved[1]
+
+
+@pytest.mark.parametrize('max_keep_ckpts', [1, -1])
+def test_failed_checkpoint_write_keeps_the_last_complete_one(tmp_path, max_keep_ckpts,
+                                                            full_disk_at_epoch_2,
+                                                            restore_determinism):
+    """The write of epoch_2.pth fails half-way: no file under its name, the temporary file is
+    removed, epoch_1.pth is kept even with max_keep_ckpts=1 (DeferredCheckpointRemovalHook),
+    last_checkpoint names it, and an auto resume finishes the run."""
+    hooks = [dict(type='RNGStateHook'), dict(type='DeferredCheckpointRemovalHook')]
+    runner = _toy_runner(tmp_path, hooks, by_epoch=True, max_keep_ckpts=max_keep_ckpts,
+                         experiment_name='full_disk')
+    with pytest.raises(OSError, match='No space left'):
+        runner.train()
+    written = sorted(p.name for p in tmp_path.iterdir() if p.is_file() and p.suffix != '.py')
+    assert written == ['epoch_1.pth', 'last_checkpoint'], written  # and no .tmp file
+    assert (tmp_path / 'last_checkpoint').read_text().strip() == str(tmp_path / 'epoch_1.pth')
+    torch.load(tmp_path / 'epoch_1.pth', weights_only=False)  # complete
+    full_disk_at_epoch_2.full = False  # space freed
+    resumed = _toy_runner(tmp_path, hooks, by_epoch=True, max_keep_ckpts=max_keep_ckpts,
+                          experiment_name='resumed', resume=True)
+    resumed.train()
+    expected = ['epoch_3.pth'] if max_keep_ckpts == 1 else [
+        'epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth']
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == expected
 
 
 def test_add_reliability_hooks():

@@ -1,6 +1,7 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
 """Runner-level reliability: exact resume, checkpoint and input checks."""
-from .atomic_fileio import AtomicLocalBackend, install_atomic_local_backend
+from .atomic_fileio import (AtomicLocalBackend, DeferredCheckpointRemovalHook,
+                            install_atomic_local_backend)
 from .checks import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
                      add_reliability_hooks, check_cfg_options, check_dataset_formats,
                      check_datasets)
@@ -13,6 +14,7 @@ install_atomic_local_backend()  # checkpoints are written atomically (no truncat
 
 __all__ = [
     'AtomicLocalBackend', 'CPUAmpOptimWrapper', 'CheckpointCheckHook', 'CheckpointMismatchError',
+    'DeferredCheckpointRemovalHook',
     'ConfigKeyError', 'DatasetFormatError', 'DatasetNotFoundError', 'ExactResumeError',
     'RNGStateHook',
     'add_reliability_hooks', 'check_cfg_options', 'check_dataset_formats', 'check_datasets',
