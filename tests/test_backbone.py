@@ -173,13 +173,39 @@ def test_output_does_not_depend_on_sizes_seen_before(impl):
         assert torch.equal(a, b)
 
 
-def test_with_cp_matches_plain_forward_and_backward():
+def _saved_bytes(fn):
+    """Bytes autograd saves for backward (parameters excluded) while ``fn()`` runs, and its
+    result."""
+    total = [0]
+
+    def pack(t):
+        if not isinstance(t, nn.Parameter):
+            total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return total[0], out
+
+
+def test_with_cp_keeps_only_block_inputs_and_matches_plain():
+    """with_cp: the blocks keep (nearly) nothing for backward but their inputs, far less than
+    without (a with_cp that is ignored fails here), with the plain forward's outputs and
+    gradients."""
     torch.manual_seed(0)
     plain = build(drop_path_rate=0.).train()
     ckpt = build(with_cp=True).train()
     ckpt.load_state_dict(plain.state_dict())
     x = torch.rand(2, 3, 64, 64)
-    out_plain, out_ckpt = plain(x)[0], ckpt(x)[0]
+    plain_bytes, out_plain = _saved_bytes(lambda: plain(x)[0])
+    ckpt_bytes, out_ckpt = _saved_bytes(lambda: ckpt(x)[0])
+    # Each checkpointed block saves its input once; outside the blocks the stem, the next
+    # downsampling conv and the output norm save theirs (and the norm its statistics).
+    stage_maps = sum((depth + 1) * 2 * 4 * dim * (64 // 2**(i + 2))**2
+                     for i, (depth, dim) in enumerate(zip(TINY['layers'], TINY['embed_dims'])))
+    outside = 3 * 64 * 64 * 2 * 4 + 64
+    assert ckpt_bytes <= stage_maps + outside, (ckpt_bytes, stage_maps + outside)
+    assert ckpt_bytes < plain_bytes / 3, (ckpt_bytes, plain_bytes)
     torch.testing.assert_close(out_ckpt, out_plain)
     out_plain.square().sum().backward()
     out_ckpt.square().sum().backward()

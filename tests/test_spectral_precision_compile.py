@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from spanet_mm.models import SPANet
-from spanet_mm.models.layers import SpectralPoolingMixer
+from spanet_mm.models.layers import SPECTRAL_LAMBDAS, SpectralPoolingMixer, spectral_pool_fft
+from spanet_mm.models.layers.spectral_pooling import fourier_modes
 
 SMALL_ARCH = dict(layers=[1, 1, 1, 1], embed_dims=[16, 24, 32, 40])
 #: bf16 keeps 8 significant bits; the stage outputs (GroupNorm-ed, order 1) stay within this
@@ -42,18 +43,25 @@ def test_autocast_bf16_cpu(impl, size):
     assert torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize('size', [(33, 47), (5, 3), (2, 2), (1, 1), (64, 96)],
+@pytest.mark.parametrize('size', [(33, 47), (5, 3), (2, 2), (1, 1), (4, 6), (2, 7), (64, 96)],
                          ids=lambda s: f'{s[0]}x{s[1]}')
 @pytest.mark.parametrize('radius', [1, 2])
-def test_traceable_context_matches_fft(size, radius):
-    """The shape-generic form used under compile/export equals the FFT at every size."""
+def test_traced_sizes_basis_matches_fft(size, radius):
+    """The modes built from sizes given as tensors (how an exported graph follows dynamic
+    sizes: fixed row count, absent bins as zero rows) filter as the FFT reference does."""
     torch.manual_seed(0)
-    mixer = SpectralPoolingMixer(20, radius, 'lowrank')
-    reference = SpectralPoolingMixer(20, radius, 'fft')
-    reference.load_state_dict(mixer.state_dict())
-    x = torch.randn(2, 20, *size)
-    torch.testing.assert_close(mixer._context_traceable(x), reference._context_fft(x),
-                               atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 5, *size)
+    basis, on_circle = fourier_modes(torch.tensor(size[0]), torch.tensor(size[1]), radius,
+                                     torch.float32, torch.device('cpu'))
+    assert basis.shape[0] == 2 * len([(a, b) for a in range(-radius, radius + 1)
+                                      for b in range(-radius, radius + 1)
+                                      if a * a + b * b <= radius**2])
+    coeffs = x.flatten(2) @ basis.t()
+    for lam in SPECTRAL_LAMBDAS:
+        far = 1 - lam
+        gains = torch.where(on_circle, 1 / 3 - far, lam - far)
+        got = far * x + ((coeffs * gains) @ basis).view_as(x)
+        torch.testing.assert_close(got, spectral_pool_fft(x, radius, lam), atol=1e-5, rtol=1e-5)
 
 
 def test_mixer_has_no_graph_break():

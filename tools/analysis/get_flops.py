@@ -119,9 +119,8 @@ def count(model: nn.Module, backbone: nn.Module, is_classifier: bool, shape) -> 
             handles.append(module.register_forward_hook(mixer_hook))
     model.eval()
     x = torch.zeros(1, 3, *shape)
-    # With autograd on, every conv runs as its module (the no-grad CPU path fuses some into
-    # GEMMs that the hooks would not see). Nothing is backpropagated.
-    with torch.enable_grad():
+    # Every submodule runs as a module in every mode (tests/test_models_mixer_modes.py).
+    with torch.no_grad():
         if is_classifier:
             model(x, mode='tensor')
         else:

@@ -5,7 +5,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
@@ -17,14 +16,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
 from ..layers import SPECTRAL_IMPLS, SpectralPoolingMixer
-from ..layers.spam import _is_tracing
+from ..layers.spam import is_channels_last, is_exporting
 
 #: Smallest input side: the stride-32 last stage must keep at least one pixel.
 MIN_INPUT_SIZE = 32
-
-
-def _is_channels_last(x: Tensor) -> bool:
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 class ConvMlp(nn.Module):
@@ -75,14 +70,12 @@ class SPANetBlock(BaseModule):
         super().__init__(init_cfg=init_cfg)
         self.with_cp = with_cp
         self.norm1 = build_norm_layer(norm_cfg, dim)[1]
-        self.token_mixer = SpectralPoolingMixer(dim, radius, spectral_impl)
+        # Under with_cp the whole block is recomputed: the mixer need not recompute again.
+        self.token_mixer = SpectralPoolingMixer(
+            dim, radius, spectral_impl, recompute=False if with_cp else None)
         self.norm2 = build_norm_layer(norm_cfg, dim)[1]
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_cfg)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
-        #: Tokens per block of the inference MLP: its hidden map then takes mlp_ratio x dim x
-        #: 16 KiB (4 MiB at dim 64), which stays in the last-level cache; few and large blocks
-        #: keep the GEMMs efficient and the number of thread synchronisations low.
-        self.inference_chunk = 4096
         if shortcut_scale:
             self.shortcut_scale1 = nn.Parameter(torch.ones(dim))
             self.shortcut_scale2 = nn.Parameter(torch.ones(dim))
@@ -100,55 +93,9 @@ class SPANetBlock(BaseModule):
             self.mlp(self.norm2(x)))
         return x
 
-    def _fast_inference(self, x: Tensor) -> bool:
-        """Whether the cache-friendly inference path applies (same math, no autograd)."""
-        return (not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dim() == 4
-                and _is_channels_last(x) and not torch.is_autocast_enabled('cpu')
-                and (not self.training or isinstance(self.drop_path, nn.Identity))
-                and isinstance(self.mlp.act, nn.GELU) and not _is_tracing())
-
-    def _forward_inference(self, x: Tensor) -> Tensor:
-        """``_forward`` for NHWC inputs without autograd, with fewer passes over memory.
-
-        The 1x1 convs after the mixer and in the MLP run as GEMMs on the ``(tokens, C)`` view,
-        with the shortcut (and its scale) added inside the GEMM, and the MLP runs over blocks
-        of tokens so that its 4x wider hidden map stays in cache instead of being written to
-        and read back from memory three times. Per element this is the same arithmetic as
-        ``_forward`` up to float summation order.
-        """
-        batch, channels, height, width = x.shape
-        tokens = x.permute(0, 2, 3, 1).reshape(-1, channels)  # a view of the NHWC map
-        mixer = self.token_mixer
-        w_out = mixer.proj_out.weight.flatten(1).t()
-        mod = mixer.modulate(self.norm1(x)).permute(0, 2, 3, 1).reshape(-1, channels)
-        base = self._scaled_tokens(tokens, self.shortcut_scale1, mixer.proj_out.bias)
-        tokens = base.addmm_(mod, w_out)
-        del mod
-        x = tokens.view(batch, height, width, channels).permute(0, 3, 1, 2)
-        normed = self.norm2(x).permute(0, 2, 3, 1).reshape(-1, channels)
-        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-        w1, w2 = fc1.weight.flatten(1), fc2.weight.flatten(1).t()
-        approximate = self.mlp.act.approximate
-        out = torch.empty_like(tokens)
-        for start in range(0, tokens.shape[0], self.inference_chunk):
-            end = start + self.inference_chunk
-            hidden = F.gelu(F.linear(normed[start:end], w1, fc1.bias), approximate=approximate)
-            base = self._scaled_tokens(tokens[start:end], self.shortcut_scale2, fc2.bias)
-            torch.addmm(base, hidden, w2, out=out[start:end])
-        return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
-
-    @staticmethod
-    def _scaled_tokens(tokens: Tensor, scale: Optional[Tensor], bias: Tensor) -> Tensor:
-        """``tokens * scale + bias`` (``tokens + bias`` without a scale), a new tensor."""
-        if scale is None:
-            return tokens + bias
-        return torch.addcmul(bias, tokens, scale)
-
     def forward(self, x: Tensor) -> Tensor:
-        if self.with_cp and x.requires_grad:
+        if self.with_cp and torch.is_grad_enabled():
             return cp.checkpoint(self._forward, x, use_reentrant=False)
-        if self._fast_inference(x):
-            return self._forward_inference(x)
         return self._forward(x)
 
 
@@ -349,10 +296,8 @@ class SPANet(BaseModule):
         self._check_input(x)
         # On CPU every 1x1 conv is a GEMM that oneDNN runs much faster on NHWC (channels_last)
         # maps than on NCHW ones, so the stages run NHWC; the outputs get the input's layout.
-        out_format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-        if self.cpu_channels_last and x.device.type == 'cpu' and not (
-                torch.jit.is_tracing() or torch.jit.is_scripting()
-                or torch.onnx.is_in_onnx_export()):
+        out_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        if self.cpu_channels_last and x.device.type == 'cpu' and not is_exporting():
             x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for i in range(self.num_stages):

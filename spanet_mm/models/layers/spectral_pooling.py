@@ -145,50 +145,105 @@ def spectral_pool_fft(x: Tensor, radius: int, lam: float) -> Tensor:
     return out.to(x.dtype)
 
 
-def _build_spectral_basis(height: int, width: int,
-                          radius: int) -> Tuple[Tensor, Tensor]:
-    """Real orthonormal Fourier modes of every bin within ``radius`` of DC (float64).
+def _candidate_bins(radius: int) -> Tuple[Tuple[int, int], ...]:
+    """Every centred offset ``(a, b)`` with ``a^2 + b^2 <= radius^2``."""
+    return tuple((a, b) for a in range(-radius, radius + 1) for b in range(-radius, radius + 1)
+                 if a * a + b * b <= radius**2)
 
-    A bin ``(a, b)`` and its mirror ``(-a, -b)`` share one filter value (the distance is
-    symmetric), so together they span the real modes ``cos(theta)`` and ``sin(theta)`` with
-    ``theta = 2 pi (a h / H + b w / W)``. A bin that is its own mirror (DC, Nyquist) only has the
-    cosine mode.
+
+def _centred(freq, size):
+    """The centred (fftshifted) offset of frequency ``freq`` on an axis of ``size`` bins."""
+    return (freq + size // 2) % size - size // 2
+
+
+def _bin_masks(a, b, height, width):
+    """Whether the grid has bin ``(a, b)``, and whether it represents its mirror pair.
+
+    A real map's spectrum is conjugate-symmetric, so a bin and its mirror ``(-a, -b)`` share
+    one real projection (their filter values are equal: the distance is symmetric). The
+    representative of a pair is the lexicographically larger bin; a bin that is its own mirror
+    (DC, Nyquist) represents itself and has a cosine mode only. Plain operators only, so that
+    this is the same code for Python ints (eager, ``torch.compile``) and for 0-d tensors
+    (sizes traced into an exported graph).
+
+    Returns:
+        tuple: ``(keep, self_mirror)``, Python bools or bool tensors.
     """
-    def candidates(size: int) -> range:
-        # The centred offsets of an axis (-(size // 2) .. (size - 1) // 2) within the radius.
-        return range(max(-radius, -(size // 2)), min(radius, (size - 1) // 2) + 1)
+    exists = ((a >= -(height // 2)) & (a <= (height - 1) // 2) & (b >= -(width // 2)) &
+              (b <= (width - 1) // 2))
+    mirror_a, mirror_b = _centred(-a, height), _centred(-b, width)
+    self_mirror = (mirror_a == a) & (mirror_b == b)
+    keep = exists & (self_mirror | (a > mirror_a) | ((a == mirror_a) & (b > mirror_b)))
+    return keep, self_mirror
 
-    def mirror(offset: int, size: int) -> int:
-        return (-offset + size // 2) % size - size // 2
 
-    def waves_1d(offset: int, size: int) -> Tuple[Tensor, Tensor]:
-        phase = 2 * math.pi * offset * torch.arange(size, dtype=torch.float64) / size
-        return torch.cos(phase), torch.sin(phase)
+def fourier_modes(height, width, radius: int, dtype: torch.dtype,
+                  device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Real orthonormal Fourier modes of every bin within ``radius`` of DC, for an
+    ``(height, width)`` map: the one derivation of the low-rank basis.
 
-    modes, on_circle, seen = [], [], set()
-    for a in candidates(height):
-        for b in candidates(width):
-            dist2 = a * a + b * b
-            if dist2 > radius**2 or (a, b) in seen:
-                continue
-            partner = (mirror(a, height), mirror(b, width))
-            seen.update({(a, b), partner})
-            # cos/sin(2 pi (a h / H + b w / W)) from 1-D waves (angle sums): O(H + W) trig.
-            cos_h, sin_h = waves_1d(a, height)
-            cos_w, sin_w = waves_1d(b, width)
-            waves = [torch.outer(cos_h, cos_w) - torch.outer(sin_h, sin_w)]
-            if partner != (a, b):
-                waves.append(torch.outer(sin_h, cos_w) + torch.outer(cos_h, sin_w))
-            for wave in waves:
-                modes.append(wave / wave.norm())
-                on_circle.append(dist2 == radius**2)
-    basis = torch.stack(modes).reshape(len(modes), height * width)
-    return basis, torch.tensor(on_circle)
+    The representative ``(a, b)`` of each mirror pair (see :func:`_bin_masks`) gives the modes
+    ``cos(theta)`` and ``sin(theta)``, ``theta = 2 pi (a h / H + b w / W)``, computed from 1-D
+    waves by the angle-sum rule (``O(H + W)`` trigonometry), each scaled to unit norm
+    (``sqrt(2 / (H W))``; ``sqrt(1 / (H W))`` for a self-mirror bin, whose sine is zero).
+
+    ``height`` and ``width`` are Python ints (eager, ``torch.compile``): then only the modes of
+    this grid are built, at most 13. Or they are 0-d integer tensors (tracing for export, where
+    the graph must follow dynamic sizes): then every candidate bin gets its two rows and the
+    modes this grid does not have are zero rows, so that the result has a fixed row count.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``basis`` ``(J, height * width)`` with orthonormal (or zero)
+        rows, and a bool ``on_circle`` ``(J, )``: which modes belong to bins at exactly
+        ``radius`` (filter 1/3) rather than inside it (filter ``lambda``).
+    """
+    traced = isinstance(height, Tensor) or isinstance(width, Tensor)
+    bins = _candidate_bins(radius)
+    if traced:
+        a = torch.tensor([i for i, _ in bins], device=device)
+        b = torch.tensor([j for _, j in bins], device=device)
+        keep, self_mirror = _bin_masks(a, b, height, width)
+        keep, self_mirror = keep.to(dtype), self_mirror.to(dtype)
+        cos_scale = keep * (math.sqrt(2) - (math.sqrt(2) - 1) * self_mirror)
+        sin_scale = keep * (1 - self_mirror) * math.sqrt(2)
+        scales = torch.cat([cos_scale, sin_scale])
+        bins_used = bins
+    else:
+        masks = [_bin_masks(i, j, height, width) for i, j in bins]
+        bins_used = [bin_ for bin_, (keep, _) in zip(bins, masks) if keep]
+        self_mirror = [bool(mirror) for keep, mirror in masks if keep]
+        scales = None
+    rows = torch.arange(height, device=device).to(dtype)
+    cols = torch.arange(width, device=device).to(dtype)
+    off_a = torch.tensor([i for i, _ in bins_used], dtype=dtype, device=device)
+    off_b = torch.tensor([j for _, j in bins_used], dtype=dtype, device=device)
+    # 1-D waves, then cos/sin(x + y) = cos x cos y -/+ sin x sin y.
+    size_h, size_w = (height.to(dtype), width.to(dtype)) if traced else (height, width)
+    phase_h = off_a[:, None] * rows[None, :] * (2 * math.pi / size_h)
+    phase_w = off_b[:, None] * cols[None, :] * (2 * math.pi / size_w)
+    cos_h, sin_h = torch.cos(phase_h)[:, :, None], torch.sin(phase_h)[:, :, None]
+    cos_w, sin_w = torch.cos(phase_w)[:, None, :], torch.sin(phase_w)[:, None, :]
+    cos_modes = (cos_h * cos_w - sin_h * sin_w).flatten(1)
+    sin_modes = (sin_h * cos_w + cos_h * sin_w).flatten(1)
+    norm = torch.rsqrt(torch.as_tensor(size_h * size_w, dtype=dtype, device=device))
+    circle = [i * i + j * j == radius**2 for i, j in bins_used]
+    if traced:
+        basis = torch.cat([cos_modes, sin_modes]) * (scales * norm)[:, None]
+        on_circle = torch.tensor(circle + circle, device=device)
+        return basis, on_circle
+    # Ints: the cosine of every kept bin, the sine of those that are not their own mirror.
+    sin_idx = [k for k, mirror in enumerate(self_mirror) if not mirror]
+    scale = torch.tensor([1.0 if m else math.sqrt(2) for m in self_mirror] +
+                         [math.sqrt(2)] * len(sin_idx), dtype=dtype, device=device)
+    basis = torch.cat([cos_modes, sin_modes[sin_idx]]) * (scale * norm)[:, None]
+    on_circle = torch.tensor(circle + [circle[k] for k in sin_idx], device=device)
+    return basis, on_circle
 
 
 def spectral_basis(height: int, width: int, radius: int, dtype: torch.dtype,
                    device: torch.device) -> Tuple[Tensor, Tensor]:
-    """:func:`_build_spectral_basis` in ``dtype`` on ``device``, kept in :data:`SPECTRAL_CACHE`.
+    """:func:`fourier_modes` for int sizes (built in float64, then cast to ``dtype`` on
+    ``device``), kept in :data:`SPECTRAL_CACHE`.
 
     Returns:
         tuple[Tensor, Tensor]: ``basis`` of shape ``(J, height * width)`` with orthonormal rows
@@ -196,7 +251,8 @@ def spectral_basis(height: int, width: int, radius: int, dtype: torch.dtype,
         to bins at exactly ``radius`` (filter 1/3) rather than inside it (filter ``lambda``).
     """
     def build() -> Tuple[Tensor, Tensor]:
-        basis, on_circle = _build_spectral_basis(height, width, radius)
+        basis, on_circle = fourier_modes(height, width, radius, torch.float64,
+                                         torch.device('cpu'))
         return basis.to(device=device, dtype=dtype), on_circle.to(device)
 
     return SPECTRAL_CACHE.get(('basis', height, width, radius, dtype, device), build)

@@ -1,0 +1,158 @@
+"""One set of module calls in every mode, and memory saving that holds under autocast.
+
+A forward hook on any submodule of SPANet must see the same calls whatever the mode: training,
+no-grad inference, bfloat16 autocast, NCHW or NHWC maps. The expected calls come from the model's
+structure (every submodule once per block, in the order the architecture applies them), not from
+the forward code.
+"""
+import pytest
+import torch
+
+from spanet_mm.models import SPANet
+from spanet_mm.models.layers import SpectralPoolingMixer
+
+SMALL_ARCH = dict(layers=[1, 1, 2, 1], embed_dims=[16, 24, 32, 40])
+
+
+def small_spanet(impl='auto', **kwargs):
+    torch.manual_seed(0)
+    model = SPANet(SMALL_ARCH, out_indices=(0, 1, 2, 3), spectral_impl=impl, init_cfg=None,
+                   **kwargs)
+    model.init_weights()
+    return model
+
+
+class CallRecorder:
+    """Forward hooks on every submodule, recording the names of the modules called."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handles = [
+            module.register_forward_hook(lambda m, i, o, name=name: self.calls.append(name))
+            for name, module in model.named_modules() if name]
+
+    def take(self):
+        calls, self.calls = self.calls, []
+        return calls
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def expected_calls(model, impl):
+    """Every submodule of the architecture, in its order of application, once.
+
+    Block order: norm1, token mixer (proj_in, 1x7, 7x1, [the pw_i in the FFT form], proj_out),
+    drop path, norm2, mlp (fc1, act, fc2), drop path; a hook fires when its module returns.
+    """
+    calls = []
+    for i, stage in enumerate(model.stages):
+        calls.append(f'downsample_layers.{i}')
+        for j in range(len(stage)):
+            b = f'stages.{i}.{j}'
+            mixer = [f'{b}.token_mixer.proj_in', f'{b}.token_mixer.dwconv_1x7',
+                     f'{b}.token_mixer.dwconv_7x1']
+            if impl == 'fft':
+                mixer += [f'{b}.token_mixer.spectral_projs.{k}' for k in range(3)]
+            mixer += [f'{b}.token_mixer.proj_out', f'{b}.token_mixer']
+            calls += [f'{b}.norm1'] + mixer + [f'{b}.drop_path', f'{b}.norm2', f'{b}.mlp.fc1',
+                                               f'{b}.mlp.act', f'{b}.mlp.fc2', f'{b}.mlp',
+                                               f'{b}.drop_path', b]
+        calls.append(f'stages.{i}')
+        calls.append(f'norm{i}')
+    return calls
+
+
+def run_mode(model, x, mode):
+    """One forward in ``mode``; returns the outputs (float32)."""
+    channels_last = mode.endswith('nchw') is False
+    model.cpu_channels_last = channels_last  # an instance override: NCHW maps inside too
+    if not channels_last:
+        x = x.contiguous()
+    train = mode.startswith('train')
+    model.train(train)
+    autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled='bf16' in mode)
+    with torch.set_grad_enabled(train), autocast:
+        outs = model(x.requires_grad_(train) if train else x)
+    return outs
+
+
+MODES = ['train', 'eval', 'eval-bf16', 'train-bf16', 'eval-nchw', 'train-nchw']
+
+
+@pytest.mark.parametrize('impl', ['auto', 'fft'])
+def test_same_module_calls_in_every_mode(impl):
+    model = small_spanet(impl)
+    expected = expected_calls(model, impl)
+    recorder = CallRecorder(model)
+    try:
+        for mode in MODES:
+            x = torch.randn(2, 3, 64, 96)
+            outs = run_mode(model, x, mode)
+            assert recorder.take() == expected, mode
+            if mode.startswith('train'):  # backward recomputes inside the mixer only
+                sum(o.float().sum() for o in outs).backward()
+                again = recorder.take()
+                assert set(again) <= {c for c in expected if '.token_mixer.' in c}
+    finally:
+        recorder.remove()
+        del model.cpu_channels_last
+
+
+@pytest.mark.parametrize('impl', ['auto', 'fft'])
+def test_no_grad_eval_matches_training_forward(impl):
+    """The same numbers in eval with and without autograd, in both layouts (one execution)."""
+    model = small_spanet(impl)
+    x = torch.randn(2, 3, 64, 96)
+    ref = [o.detach() for o in run_mode(model, x.clone(), 'train')]
+    for mode in ('eval', 'eval-nchw', 'train-nchw'):
+        for a, b in zip(run_mode(model, x.clone(), mode), ref):
+            torch.testing.assert_close(a.detach(), b, atol=1e-5, rtol=1e-5, msg=mode)
+    del model.cpu_channels_last
+
+
+def saved_bytes(fn):
+    """Bytes of the tensors autograd saves for backward while ``fn()`` runs (parameters
+    excluded), and ``fn``'s result."""
+    total = [0]
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return total[0], out
+
+
+@pytest.mark.parametrize('autocast', [False, True], ids=['fp32', 'bf16'])
+def test_mixer_recompute_saves_only_its_input(autocast):
+    """In training the low-rank mixer keeps the inputs of ``proj_in`` and of the depthwise
+    convs and nothing of their outputs, the context or the modulation, under autocast too; the gradients are the
+    plain graph's."""
+    torch.manual_seed(0)
+    lean = SpectralPoolingMixer(24, 2, 'lowrank')
+    plain = SpectralPoolingMixer(24, 2, 'lowrank', recompute=False)
+    plain.load_state_dict(lean.state_dict())
+    x = torch.randn(2, 24, 20, 28)
+    one_map = x.numel() * (2 if autocast else 4)
+    results = {}
+    for name, mixer in (('lean', lean), ('plain', plain)):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            nbytes, out = saved_bytes(lambda: mixer(xi))
+        out.float().square().sum().backward()
+        results[name] = nbytes, out.detach(), xi.grad, {n: p.grad for n, p in
+                                                         mixer.named_parameters()}
+    lean_bytes, plain_bytes = results['lean'][0], results['plain'][0]
+    # proj_in saves its input and the checkpointed part its own (two maps), under autocast
+    # also proj_in's bfloat16 weight copy (576 values): nothing else.
+    assert lean_bytes <= 2 * one_map + 24 * 24 * 4, (lean_bytes, one_map)
+    assert plain_bytes >= 5 * one_map, (plain_bytes, one_map)
+    tol = dict(atol=2e-2, rtol=2e-2) if autocast else dict(atol=1e-5, rtol=1e-5)
+    for a, b in zip(results['lean'][1:3], results['plain'][1:3]):
+        torch.testing.assert_close(a, b, **tol)
+    for name, grad in results['plain'][3].items():
+        torch.testing.assert_close(results['lean'][3][name], grad, **tol, msg=name)
