@@ -23,7 +23,6 @@ weights as a run never interrupted. In detail:
 - Validation during training (run after the checkpoint is saved) leaves the training streams
   untouched: states are saved at ``before_val`` and put back at ``after_val``, so the
   uninterrupted run and the resumed run (which does not validate before continuing) agree.
-
 - Dataloader workers (``num_workers > 0``), persistent or not. mmengine 0.10.7 seeds each
   worker once, when it starts, from ``seed + worker_id + rank * num_workers``: workers that
   are restarted every epoch draw the same augmentations in every epoch, and persistent
@@ -33,7 +32,9 @@ weights as a run never interrupted. In detail:
   start of every epoch from ``(seed, epoch, rank, worker id)`` (:func:`worker_seed`): a
   ``worker_init_fn`` (:class:`EpochWorkerSeeder`, wrapping the dataloader's own) reads the
   epoch from a shared-memory counter that the hook sets at ``before_train_epoch`` and
-  re-seeds before the first sample of each new epoch. A resumed run's workers start from
+  re-seeds before the first sample of each new epoch (the worker's own copy of the dataset
+  gets a slot-less subclass of its class whose ``__getitem__``/``__getitems__`` first checks
+  the counter; the main process's dataset is untouched). A resumed run's workers start from
   exactly the states the uninterrupted run's workers had at that epoch, and every epoch
   draws new augmentations. The workers' base seed is drawn from a generator of the
   dataloader's own, so starting workers (once, or every epoch) consumes nothing from the main
