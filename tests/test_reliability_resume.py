@@ -1,9 +1,8 @@
-"""Exact resume: a run killed with SIGKILL mid-epoch and resumed ends with the weights of a run
-never interrupted (RNGStateHook), and without the hook it does not. A run killed while it
-writes a checkpoint resumes from the last complete one (atomic checkpoint writes)."""
+"""Exact resume: a run killed with SIGKILL and resumed ends with the weights of a run never
+interrupted (RNGStateHook), and without the hook it does not. The kill comes while the run
+writes a checkpoint: it resumes from the last complete one (atomic checkpoint writes)."""
 import os
 import os.path as osp
-import re
 import shutil
 import signal
 import subprocess
@@ -98,16 +97,6 @@ def train_and_kill(config, work_dir, pattern, env=None):
     return ''.join(log)
 
 
-def after_iterations(epoch, iters):
-    """Matches the log line of iteration `iters` of `epoch`."""
-    regex = re.compile(rf'Epoch\(train\)\s*\[{epoch}\]\[\s*(\d+)/')
-
-    def match(line):
-        found = regex.search(line)
-        return bool(found) and int(found.group(1)) >= iters
-    return match
-
-
 def final_weights(work_dir, epoch=2):
     from spanet_mm.checkpoint import load_local_checkpoint
     return load_local_checkpoint(str(work_dir / f'epoch_{epoch}.pth'))['state_dict']
@@ -127,11 +116,14 @@ def uninterrupted(configs):
 
 @pytest.fixture(scope='module')
 def killed_run(configs):
-    """The work dir of a run SIGKILLed after two iterations of epoch 2 (never modified: each
-    test resumes a copy of it)."""
+    """The work dir of a run SIGKILLed while it writes epoch_2.pth, after the last iteration of
+    epoch 2: on a slow disk (tests/data/slow_checkpoint_writes.py), half of the file is written
+    when the kill comes. Never modified: each test resumes a copy of it."""
     root, paths = configs
     work_dir = root / 'killed'
-    train_and_kill(paths['hook'], work_dir, after_iterations(epoch=2, iters=2))
+    log = train_and_kill(paths['slow_disk'], work_dir, lambda line: 'SLOW-WRITE' in line,
+                         env=dict(SPANET_MM_SLOW_WRITE='epoch_2.pth'))
+    assert '[2][4/4]' in log and 'SLOW-WRITE' in log, log[-3000:]
     return work_dir
 
 
@@ -141,15 +133,41 @@ def _copy(work_dir, name):
     return copy
 
 
+def _loads(path):
+    from spanet_mm.checkpoint import load_local_checkpoint
+    try:
+        load_local_checkpoint(str(path))
+        return True
+    except Exception:  # truncated: CheckpointLoadError, or an EOF/zip error
+        return False
+
+
+@pytest.mark.slow
+def test_killed_while_writing_a_checkpoint(killed_run):
+    """No file under a checkpoint's name is incomplete, and auto resume (last_checkpoint)
+    selects the last complete checkpoint (the resume itself: the next test)."""
+    # Epoch 1's checkpoint and, after its validation, the best one; epoch 2 was being saved.
+    checkpoints = sorted(p.name for p in killed_run.glob('*.pth'))
+    assert checkpoints == ['best_accuracy_top1_epoch_1.pth', 'epoch_1.pth'], checkpoints
+    assert all(_loads(p) for p in killed_run.glob('*.pth'))
+    # The half-written file has a hidden temporary name of its own.
+    temporary = [p.name for p in killed_run.iterdir() if p.name.startswith('.epoch_2.pth.')]
+    assert len(temporary) == 1 and not _loads(killed_run / temporary[0]), temporary
+    last = (killed_run / 'last_checkpoint').read_text().strip()
+    assert osp.basename(last) == 'epoch_1.pth' and _loads(last)
+
+
 @pytest.mark.slow
 def test_killed_and_resumed_run_matches_uninterrupted_run(configs, killed_run, uninterrupted):
+    """`tools/train.py CONFIG --resume` continues from epoch 1 (the last complete checkpoint),
+    finishes, and ends with the uninterrupted run's weights."""
     root, paths = configs
-    assert (killed_run / 'epoch_1.pth').is_file() and not (killed_run / 'epoch_2.pth').exists()
     checkpoint = torch.load(killed_run / 'epoch_1.pth', weights_only=False)
     assert set(checkpoint['rng_states']) == {'world_size', 'per_rank'}
     work_dir = _copy(killed_run, 'killed_resumed_with_hook')
     log = train(paths['hook'], work_dir, '--resume')
     assert 'resumed epoch: 1' in log
+    assert all(_loads(p) for p in work_dir.glob('*.pth'))
     resumed = final_weights(work_dir)
     assert max_difference(resumed, uninterrupted) <= 1e-6
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
@@ -163,41 +181,6 @@ def test_without_the_hook_resume_is_not_exact(configs, killed_run, uninterrupted
     log = train(paths['nohook'], work_dir, '--resume')
     assert 'resumed epoch: 1' in log
     assert max_difference(final_weights(work_dir), uninterrupted) > 1e-4
-
-
-def _loads(path):
-    from spanet_mm.checkpoint import load_local_checkpoint
-    try:
-        load_local_checkpoint(str(path))
-        return True
-    except Exception:  # truncated: CheckpointLoadError, or an EOF/zip error
-        return False
-
-
-@pytest.mark.slow
-def test_killed_while_writing_a_checkpoint(configs, uninterrupted):
-    """SIGKILL while epoch_2.pth is half written (a slow disk: tests/data); `--resume` picks
-    the last complete checkpoint (last_checkpoint), finishes, and matches the full run."""
-    root, paths = configs
-    work_dir = root / 'killed_while_writing'
-    log = train_and_kill(paths['slow_disk'], work_dir, lambda line: 'SLOW-WRITE' in line,
-                         env=dict(SPANET_MM_SLOW_WRITE='epoch_2.pth'))
-    assert 'SLOW-WRITE' in log  # killed inside the write, half of the file on disk
-    # No file under a checkpoint's name is incomplete; the half-written one has its own name.
-    # (Epoch 1's checkpoint and, after its validation, the best one; epoch 2 was being saved.)
-    checkpoints = sorted(p.name for p in work_dir.glob('*.pth'))
-    assert checkpoints == ['best_accuracy_top1_epoch_1.pth', 'epoch_1.pth'], checkpoints
-    assert all(_loads(p) for p in work_dir.glob('*.pth'))
-    temporary = [p.name for p in work_dir.iterdir() if p.name.startswith('.epoch_2.pth.')]
-    assert len(temporary) == 1 and not _loads(work_dir / temporary[0]), temporary
-    # Auto resume selects a complete file.
-    last = (work_dir / 'last_checkpoint').read_text().strip()
-    assert osp.basename(last) == 'epoch_1.pth' and _loads(last)
-    log = train(paths['hook'], work_dir, '--resume')
-    assert 'resumed epoch: 1' in log
-    assert all(_loads(p) for p in work_dir.glob('*.pth'))
-    resumed = final_weights(work_dir)
-    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
 
 
 def test_load_from_does_not_restore_rng_states():
@@ -294,7 +277,8 @@ def test_iteration_based_resume(tmp_path, with_hook, restore_determinism):
 
 
 # --- epoch-based loop with 2 dataloader workers: in-process, with the toy model --------------
-@pytest.mark.parametrize('persistent', [True, False], ids=['persistent', 'restarted'])
+@pytest.mark.parametrize('persistent', [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=['persistent', 'restarted'])  # restarting workers: slow
 def test_epoch_based_resume_with_workers(tmp_path, persistent, restore_determinism):
     """3 epochs of 3 batches with 2 workers (numpy/python augmentations in the workers, dropout
     in the main process); resumed from epoch 1's checkpoint, the weights equal the full run's."""
