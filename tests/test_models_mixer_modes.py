@@ -156,3 +156,35 @@ def test_mixer_recompute_saves_only_its_input(autocast):
         torch.testing.assert_close(a, b, **tol)
     for name, grad in results['plain'][3].items():
         torch.testing.assert_close(results['lean'][3][name], grad, **tol, msg=name)
+
+
+@pytest.mark.skipif(torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason='this CPU has bfloat16 kernels: autocast runs them')
+def test_depthwise_convs_run_float32_under_cpu_autocast():
+    """Without bfloat16 kernels the depthwise convs stay float32 under CPU autocast (the
+    bfloat16 fallback loops over channels): same values as outside autocast."""
+    mixer = SpectralPoolingMixer(12, 1, 'lowrank').eval()
+    x = torch.randn(2, 12, 9, 10)
+    with torch.no_grad():
+        expected = mixer.dwconv_1x7(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            got = mixer.dwconv_1x7(x.bfloat16())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.nn.functional.conv2d(
+        x.bfloat16().float(), mixer.dwconv_1x7.weight, mixer.dwconv_1x7.bias, padding=(0, 3),
+        groups=12))
+    assert (got - expected).abs().max() < 0.05
+
+
+@pytest.mark.parametrize('impl', ['auto', 'fft'])
+def test_bf16_autocast_outputs_within_2_percent(impl):
+    """bfloat16 autocast inference: every stage output within 2 % (relative L2) of float32."""
+    model = small_spanet(impl).eval()
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = model(x)
+    for a, b in zip(low, ref):
+        err = ((a.float() - b).norm() / b.norm()).item()
+        assert err < 0.02, err
