@@ -34,7 +34,8 @@ from conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 #: The eleven models: one per config file (mim's config id is the file name).
-MODEL_CONFIGS = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '*', '*.py')))
+MODEL_CONFIGS = sorted(p for p in glob.glob(osp.join(REPO_ROOT, 'configs', '*', '*.py'))
+                       if '_base_' not in p)  # configs/_base_/: shared bases
 MODEL_NAMES = sorted(osp.basename(p)[:-3] for p in MODEL_CONFIGS)
 
 #: Not part of the source tree a user would build from.

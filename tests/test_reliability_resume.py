@@ -38,7 +38,6 @@ param_scheduler = [dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=True, b
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=-1))
 randomness = dict(seed=0, deterministic=True)
 custom_hooks = {hooks!r}
-reliability_hooks = {enabled!r}  # False: tools/train.py must not add RNGStateHook either
 """
 
 
@@ -56,7 +55,7 @@ def configs(tmp_path_factory):
     for name, hooks in (('hook', [dict(type='RNGStateHook')]), ('nohook', [])):
         paths[name] = root / f'cls_{name}.py'
         paths[name].write_text(CONFIG.format(base=DEMO_CLS, data_root=str(data_root),
-                                             hooks=hooks, enabled=bool(hooks)))
+                                             hooks=hooks))
     # The same run on a slow disk (tests/data/slow_checkpoint_writes.py).
     paths['slow_disk'] = root / 'cls_slow_disk.py'
     paths['slow_disk'].write_text(
@@ -360,20 +359,3 @@ def test_failed_checkpoint_write_keeps_the_last_complete_one(tmp_path, max_keep_
     expected = ['epoch_3.pth'] if max_keep_ckpts == 1 else [
         'epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth']
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == expected
-
-
-def test_add_reliability_hooks():
-    from mmengine.config import Config
-
-    from spanet_mm.engine import add_reliability_hooks
-    cfg = Config(dict(custom_hooks=[dict(type='EMAHook'), dict(type='RNGStateHook', strict=True)]))
-    add_reliability_hooks(cfg)
-    assert [h['type'] for h in cfg.custom_hooks] == ['EMAHook', 'RNGStateHook',
-                                                      'CheckpointCheckHook']
-    assert cfg.custom_hooks[1]['strict'] is True
-    cfg = Config(dict())
-    add_reliability_hooks(cfg)
-    assert [h['type'] for h in cfg.custom_hooks] == ['RNGStateHook', 'CheckpointCheckHook']
-    cfg = Config(dict(reliability_hooks=False))
-    add_reliability_hooks(cfg)
-    assert not cfg.get('custom_hooks')

@@ -64,6 +64,23 @@ def test_configs_found():
     assert sum('demo' in c for c in ALL_CONFIGS) == 3
 
 
+#: The run policy every config must carry itself (issue: a config run with the toolboxes'
+#: own tools must behave as with ours): exact resume, refusal of checkpoints that do not fit,
+#: checkpoint rotation that never leaves a run without a complete checkpoint.
+RUN_POLICY_HOOKS = ['RNGStateHook', 'CheckpointCheckHook', 'DeferredCheckpointRemovalHook']
+
+
+@pytest.mark.parametrize('rel_path', ALL_CONFIGS)
+def test_config_carries_the_run_policy(rel_path):
+    """The hooks are in the merged config itself, and the Runner builds them."""
+    from mmengine.registry import HOOKS
+    cfg = load(rel_path)
+    assert [h['type'] for h in cfg.custom_hooks] == RUN_POLICY_HOOKS
+    assert 'spanet_mm' in cfg.custom_imports['imports']
+    for hook in cfg.custom_hooks:
+        assert type(HOOKS.build(dict(hook))).__name__ == hook['type']
+
+
 @pytest.mark.parametrize('rel_path', ALL_CONFIGS)
 def test_config_builds_under_its_scope(rel_path):
     cfg = load(rel_path, **{'model.backbone.init_cfg': None})

@@ -185,7 +185,11 @@ def test_mmdet_own_train_py(workspace):
                   'train_cfg.max_epochs=1', 'train_cfg.val_interval=1'], cwd=workspace)
     check_ok(result)
     assert osp.isfile(work_dir / 'epoch_1.pth')
-    assert 'coco/bbox_mAP' in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert 'coco/bbox_mAP' in output
+    # The run policy comes with the config: mmengine lists the hooks it registered.
+    for hook in ('RNGStateHook', 'CheckpointCheckHook', 'DeferredCheckpointRemovalHook'):
+        assert hook in output
 
 
 @pytest.mark.parametrize('task,toolbox,checkpoint', [('seg', 'mmseg', 'iter_2.pth'),

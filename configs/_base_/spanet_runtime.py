@@ -8,4 +8,9 @@ custom_hooks = [
     # A checkpoint that does not fit the model (another arch or model, an unconverted
     # official file) is refused instead of leaving layers at their random initialisation.
     dict(type='CheckpointCheckHook'),
+    # Checkpoints rotated out (max_keep_ckpts, the previous best) are deleted only after the
+    # new one is complete (mmengine deletes first), so a kill or a full disk during a write
+    # never leaves a run without a checkpoint. The writes themselves are atomic
+    # (spanet_mm.engine.AtomicLocalBackend, installed by `import spanet_mm`).
+    dict(type='DeferredCheckpointRemovalHook'),
 ]

@@ -32,7 +32,7 @@ RUNNER_KEYS = frozenset({
     'default_scope', 'randomness', 'experiment_name', 'runner_type', 'custom_imports',
     'find_unused_parameters', 'sync_bn', 'compile', 'activation_checkpointing',
     'efficient_conv_bn_eval', 'strategy', 'tta_model', 'tta_pipeline', 'model_wrapper_cfg',
-    'cfg', 'gpu_ids', 'dist_params', 'reliability_hooks',
+    'cfg', 'gpu_ids', 'dist_params',
 })
 
 
@@ -276,20 +276,3 @@ def check_dataset_formats(cfg, scope: str, phases: List[str]) -> None:
                                 dataset.get('seg_map_suffix', '.png'))
         elif scope == 'mmpretrain' and ann_path and ann_path.endswith('.txt'):
             check_image_list(ann_path)
-
-
-RELIABILITY_HOOKS = ('RNGStateHook', 'CheckpointCheckHook')
-
-
-def add_reliability_hooks(cfg, hooks=RELIABILITY_HOOKS) -> None:
-    """Appends ``RNGStateHook`` and ``CheckpointCheckHook`` to ``cfg.custom_hooks`` unless the
-    config already has them (for tools that want them on every run).
-
-    A config opts out with ``reliability_hooks = False`` (e.g. to measure what they change).
-    """
-    if cfg.get('reliability_hooks', True) is False:
-        return
-    custom_hooks = list(cfg.get('custom_hooks') or [])
-    present = {h.get('type') if isinstance(h, dict) else type(h).__name__ for h in custom_hooks}
-    custom_hooks += [dict(type=name) for name in hooks if name not in present]
-    cfg.custom_hooks = custom_hooks

@@ -49,11 +49,9 @@ model = dict(
 
 # mmpretrain's own tools/train.py fills in these dataloader settings unless a config states
 # them; stated here, so that every tool loads alike: samples collated into batch tensors, pinned
-# host memory. Training workers are not persistent: persistent workers carry their random state
-# from epoch to epoch, which no checkpoint can hold, so a resumed run would draw other
-# augmentations (RNGStateHook); new workers per epoch cost seconds of a 20-minute epoch.
+# host memory, persistent workers (RNGStateHook re-seeds them per epoch: resume stays exact).
 train_dataloader = dict(
-    collate_fn=dict(type='default_collate'), pin_memory=True, persistent_workers=False)
+    collate_fn=dict(type='default_collate'), pin_memory=True, persistent_workers=True)
 val_dataloader = dict(
     collate_fn=dict(type='default_collate'), pin_memory=True, persistent_workers=True)
 test_dataloader = val_dataloader
