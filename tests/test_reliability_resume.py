@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from mmengine.hooks import Hook
 
 import spanet_mm  # noqa: F401  registers RNGStateHook
 from conftest import REPO_ROOT
@@ -182,19 +183,6 @@ def test_without_the_hook_resume_is_not_exact(configs, killed_run, uninterrupted
     assert max_difference(final_weights(work_dir), uninterrupted) > 1e-4
 
 
-def test_load_from_does_not_restore_rng_states():
-    """load_from (fine-tuning) starts a fresh run: the hook restores nothing."""
-    from spanet_mm.engine.hooks.rng_state_hook import RNGStateHook, get_rng_states
-
-    class FakeRunner:
-        _resume = False
-
-    hook = RNGStateHook()
-    hook.after_load_checkpoint(FakeRunner(), {'rng_states': dict(world_size=1,
-                                                                   per_rank=[get_rng_states()])})
-    assert hook._pending is None
-
-
 # --- iteration-based loop (the segmentation configs): in-process, with a toy model -------------
 class _NoisyPoints(torch.utils.data.Dataset):
     """Augmentation randomness from numpy and python's random, as mmcv transforms have."""
@@ -359,3 +347,35 @@ def test_failed_checkpoint_write_keeps_the_last_complete_one(tmp_path, max_keep_
     expected = ['epoch_3.pth'] if max_keep_ckpts == 1 else [
         'epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth']
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == expected
+
+
+class _FirstEpochRNG(Hook):
+    """Records the torch RNG state as the run's first training epoch starts (after
+    RNGStateHook, which restores resumed states at that point)."""
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.state = None
+
+    def before_train_epoch(self, runner):
+        if self.state is None:
+            self.state = torch.get_rng_state()
+
+
+def test_load_from_does_not_restore_rng_states(tmp_path, restore_determinism):
+    """load_from (fine-tuning) starts a fresh run: it draws the config seed's stream, not the
+    stream saved in the checkpoint (which a resume continues)."""
+    from spanet_mm.engine import RNGStateHook
+    from spanet_mm.engine.hooks.rng_state_hook import CHECKPOINT_KEY
+    _toy_runner(tmp_path / 'first', [RNGStateHook()], by_epoch=True).train()
+    checkpoint = tmp_path / 'first' / 'epoch_1.pth'
+    saved = torch.load(checkpoint, weights_only=False)[CHECKPOINT_KEY]['per_rank'][0]['torch']
+    runs = {}
+    for name, kwargs in (('fresh', {}), ('load_from', dict(load_from=str(checkpoint))),
+                         ('resume', dict(load_from=str(checkpoint), resume=True))):
+        recorder = _FirstEpochRNG()
+        _toy_runner(tmp_path / name, [RNGStateHook(), recorder], by_epoch=True,
+                    experiment_name=name, **kwargs).train()
+        runs[name] = recorder.state
+    assert torch.equal(runs['load_from'], runs['fresh'])
+    assert torch.equal(runs['resume'], saved) and not torch.equal(saved, runs['fresh'])
