@@ -82,7 +82,7 @@ setup(
     python_requires='>=3.8',
     # The tested stack is pinned in requirements/runtime.txt; these are the loose bounds the code
     # itself needs (mmdet/mmseg assert mmcv < 2.2.0; mmengine 0.x).
-    install_requires=['torch>=2.0', 'mmengine>=0.10,<1.0', 'mmcv>=2.0.0,<2.2.0'],
+    install_requires=['torch>=2.5', 'mmengine>=0.10,<1.0', 'mmcv>=2.0.0,<2.2.0'],
     extras_require={
         'det': ['mmdet>=3.0,<4.0', 'pycocotools'],
         'seg': ['mmsegmentation>=1.0,<2.0', 'ftfy', 'regex'],

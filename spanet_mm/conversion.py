@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .errors import UserError
 from .models import SPANet
 
 # Renames inside a block, official -> spanet_mm.
@@ -27,7 +28,7 @@ _OUT_NORM_KEY = re.compile(r'^norm(\d+)\.(weight|bias)$')
 _FILTER_KEY = re.compile(r'^network\.\d+\.\d+\.token_mixer\.sps\.\d+\.filter$')
 
 
-class CheckpointConversionError(ValueError):
+class CheckpointConversionError(UserError, ValueError):
     """An official checkpoint that does not fit SPANet."""
 
 

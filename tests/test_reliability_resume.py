@@ -317,11 +317,14 @@ def full_disk_at_epoch_2():
                 raise OSError(errno.ENOSPC, 'No space left on device', fileobj.name)
             super().write_data(fileobj, data)
 
-    saved = backends['local'], prefix_to_backends['']
+    from mmengine.fileio.io import backend_instances
+    saved = backends['local'], prefix_to_backends[''], dict(backend_instances)
     register_backend('local', FullDisk, force=True, prefixes='')
     yield FullDisk
     register_backend('local', saved[0], force=True)
     prefix_to_backends[''] = saved[1]
+    backend_instances.clear()  # cached FullDisk instances must not outlive the test
+    backend_instances.update(saved[2])
 
 
 @pytest.mark.parametrize('max_keep_ckpts', [1, -1])

@@ -142,9 +142,12 @@ def test_peak_memory_bounded_over_300_coco_sizes():
 def test_cache_in_process_stays_within_budget():
     """The process-wide cache, fed the stage sizes of 300 COCO-like inputs: within budget."""
     SPECTRAL_CACHE.clear()
-    for height, width in coco_like_sizes(300):
-        for stage, radius in enumerate((2, 2, 1, 1)):
-            stride = 4 * 2**stage
-            spectral_basis(-(-height // stride), -(-width // stride), radius, torch.float32, CPU)
-        assert SPECTRAL_CACHE.nbytes <= SPECTRAL_CACHE.max_bytes
-    SPECTRAL_CACHE.clear()
+    try:
+        for height, width in coco_like_sizes(300):
+            for stage, radius in enumerate((2, 2, 1, 1)):
+                stride = 4 * 2**stage
+                spectral_basis(-(-height // stride), -(-width // stride), radius,
+                               torch.float32, CPU)
+            assert SPECTRAL_CACHE.nbytes <= SPECTRAL_CACHE.max_bytes
+    finally:
+        SPECTRAL_CACHE.clear()

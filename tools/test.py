@@ -101,7 +101,7 @@ def _visualization_hook(cfg: Config) -> ConfigDict:
     hook = cfg.get('default_hooks', {}).get('visualization')
     if hook is None:
         raise ToolOptionError('--show-dir needs a `visualization` entry in `default_hooks` '
-                        '(the toolbox default_runtime.py has one).')
+                              '(the toolbox default_runtime.py has one).')
     return hook
 
 

@@ -1,6 +1,8 @@
 # spanet_mm's run policy, inherited by every config of the project. Because it lives in the
 # configs (not in tools/train.py), a config behaves the same under the project's tools and under
 # mmdet's, mmseg's or mmpretrain's own tools/train.py and tools/test.py.
+# A config that sets `custom_hooks` replaces this list (mmengine merges dicts, not lists), so
+# one that adds a hook lists these three again before its own.
 custom_imports = dict(imports=['spanet_mm'], allow_failed_imports=False)
 custom_hooks = [
     # Exact resume: the RNG states go into every checkpoint and come back on --resume.

@@ -15,7 +15,6 @@ import json
 import os
 import socket
 import sys
-import traceback
 
 import torch
 import torch._dynamo  # noqa: F401  DDP's constructor imports it (seconds): once, before forking
@@ -80,11 +79,6 @@ for _ in range(launches):
 if rank is None:
     print(json.dumps(statuses), flush=True)
 else:
-    try:
-        train_one_rank(rank)
-    except Exception:
-        traceback.print_exc()
-        sys.stdout.flush()
-        os._exit(1)
+    train_one_rank(rank)  # an exception ends the rank as it ends a tool: traceback, status 1
     dist.finish_distributed()
     sys.exit(3)  # not reached: finish_distributed ends the process with status 0

@@ -58,36 +58,23 @@ def parse_args(argv=None):
 
 
 def build_model(config: str, checkpoint: str, device: str):
+    """``(backbone, mean, std)`` of the config's model; ``checkpoint='none'``: random weights."""
     from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-    from mmengine.runner.checkpoint import _load_checkpoint
 
-    from spanet_mm.checkpoint import check_state_dict
+    from spanet_mm.apis import init_model
 
     cfg = Config.fromfile(config)
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     backbone_cfg = cfg.model.get('backbone')
     if not backbone_cfg or 'SPANet' not in str(backbone_cfg.get('type')):
         raise SystemExit(f'error: {config} has no SPANet backbone (model.backbone.type is '
                          f'{backbone_cfg and backbone_cfg.get("type")!r}).')
-    init_cfg = backbone_cfg.get('init_cfg')
-    if checkpoint != 'none' or (isinstance(init_cfg, dict)
-                                and init_cfg.get('type') == 'Pretrained'):
-        backbone_cfg.init_cfg = None  # the checkpoint holds the weights; 'none': random init
-    cfg.model.pop('pretrained', None)
-    model = MODELS.build(cfg.model)
     if checkpoint == 'none':
-        model.init_weights()
-    else:
-        if not osp.isfile(checkpoint):
-            raise SystemExit(f'error: checkpoint {checkpoint} not found.')
-        loaded = _load_checkpoint(checkpoint, map_location='cpu')
-        check_state_dict(model.state_dict(), loaded, source=checkpoint)
-        state_dict = loaded.get('state_dict', loaded)
-        model.load_state_dict(state_dict, strict=False)
+        backbone_cfg.init_cfg = None  # random weights on purpose, not the Pretrained file
+    # A missing, unsafe or unfitting checkpoint raises a UserError: one ERROR line (run_tool).
+    model = init_model(cfg, None if checkpoint == 'none' else checkpoint, device)
     mean = cfg.model.get('data_preprocessor', {}).get('mean', DEFAULT_MEAN)
     std = cfg.model.get('data_preprocessor', {}).get('std', DEFAULT_STD)
-    return model.backbone.to(device).eval(), mean, std
+    return model.backbone, mean, std
 
 
 def load_image(path: str, size: int, mean, std) -> torch.Tensor:
@@ -227,4 +214,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from spanet_mm.engine.launch import run_tool
+    run_tool(main)
