@@ -8,6 +8,10 @@ machine slows all of them alike), and the median over ``--repeats`` rounds is re
 - forward: ``model.eval()`` under ``torch.no_grad()``.
 - train: ``model.train()``, forward, ``sum(out.mean())`` backward and an AdamW step (gradients
   set to None first, so their allocation counts).
+- forward_bf16 / train_bf16: the same under bfloat16 autocast; the table then also gives the
+  relative error ``||out_bf16 - out_fp32|| / ||out_fp32||`` of the outputs (eval, no grad).
+- forward_compile (``--compile``): the forward of ``torch.compile(model)`` (inductor, default
+  options), compiled during the warm-up round; its memory is not measured.
 - peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before
   the step; on CPU the rise of the process's peak resident memory (``VmHWM``, reset through
   ``/proc/self/clear_refs``) over its resident memory before the step, with glibc's mmap
@@ -17,9 +21,12 @@ machine slows all of them alike), and the median over ``--repeats`` rounds is re
   and mode in a fresh subprocess (same flags; one warm-up step, then the measured step), so
   that no heap history of other models blurs it.
 
-Example::
+Examples::
 
     python tools/analysis/benchmark.py --threads 2 --repeats 7 --json work_dirs/bench.json
+    # the issue #11 targets in one run: eager, compiled, bf16 forward and the training step
+    python tools/analysis/benchmark.py --models spanet-s spanet-s-fft convnext-t --threads 2 \
+        --modes forward train forward_bf16 train_bf16 --compile --json work_dirs/bench.json
 """
 import argparse
 import ctypes
@@ -44,6 +51,9 @@ DEFAULT_MODELS = ['spanet-s', 'spanet-s-fft', 'spanet-m', 'spanet-m-fft', 'spane
                   'spanet-b-fft', 'convnext-t', 'poolformer-s24']
 REFERENCE = 'convnext-t'
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+MODES = ['forward', 'train', 'forward_bf16', 'train_bf16', 'forward_compile']
+#: Modes whose peak memory is measured (a compile in every memory subprocess would be slow).
+MEMORY_MODES = ('forward', 'train', 'forward_bf16', 'train_bf16')
 
 
 def available_models() -> List[str]:
@@ -86,8 +96,13 @@ def parse_args():
     parser.add_argument('--repeats', type=int, default=5,
                         help='timed rounds (each runs every model once); the median is reported')
     parser.add_argument('--warmup', type=int, default=1, help='untimed rounds first')
-    parser.add_argument('--modes', nargs='+', choices=['forward', 'train'],
-                        default=['forward', 'train'])
+    parser.add_argument('--modes', nargs='+', choices=MODES, default=['forward', 'train'],
+                        help='forward / train: in --dtype; forward_bf16 / train_bf16: under '
+                        'bfloat16 autocast (whatever --dtype), forward_bf16 also reports the '
+                        'outputs\' relative error to float32')
+    parser.add_argument('--compile', action='store_true',
+                        help='also time the forward of torch.compile(model) (mode '
+                        'forward_compile, float32; compiled in the warm-up round)')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak memory steps')
     parser.add_argument('--json', metavar='OUT', help='also write the results as JSON')
     parser.add_argument('--memory-worker', action='store_true', help=argparse.SUPPRESS)
@@ -99,6 +114,10 @@ def parse_args():
     unknown = [m for m in args.models if m not in available_models()]
     if unknown:
         parser.error(f'unknown model(s) {unknown}; choose from {available_models()}')
+    if args.compile and 'forward_compile' not in args.modes:
+        args.modes.append('forward_compile')
+    if 'forward_compile' in args.modes and args.warmup < 1 and not args.memory_worker:
+        parser.error('forward_compile needs --warmup >= 1 (the warm-up round compiles)')
     if args.dtype == 'float16' and not args.device.startswith('cuda'):
         parser.error('--dtype float16 needs --device cuda (use bfloat16 on CPU)')
     return args
@@ -120,23 +139,46 @@ class Runner:
         self.dtype = DTYPES[args.dtype]
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype,
-                              enabled=self.dtype != torch.float32)
+        self.compiled = None
 
-    def forward(self) -> None:
+    def autocast(self, dtype=None):
+        dtype = dtype or self.dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def forward(self, dtype=None):
         self.model.eval()
-        with torch.no_grad(), self.autocast():
-            self.model(self.inputs)
+        with torch.no_grad(), self.autocast(dtype):
+            return self.model(self.inputs)
 
-    def train(self) -> None:
+    def train(self, dtype=None) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
+        with self.autocast(dtype):
             outs = self.model(self.inputs)
         loss = sum(out.float().mean() for out in outs)
         loss.backward()
         self.optimizer.step()
+
+    def forward_bf16(self) -> None:
+        self.forward(torch.bfloat16)
+
+    def train_bf16(self) -> None:
+        self.train(torch.bfloat16)
+
+    def forward_compile(self) -> None:
+        if self.compiled is None:
+            self.compiled = torch.compile(self.model)
+        self.model.eval()
+        with torch.no_grad():
+            self.compiled(self.inputs)
+
+    def bf16_error(self) -> float:
+        """``||out_bf16 - out_fp32|| / ||out_fp32||`` over all outputs (eval, no grad)."""
+        ref = self.forward(torch.float32)
+        low = self.forward(torch.bfloat16)
+        num = sum(((a.float() - b) ** 2).sum() for a, b in zip(low, ref))
+        den = sum((b ** 2).sum() for b in ref)
+        return (num / den).sqrt().item()
 
 
 def synchronize(device: torch.device) -> None:
@@ -231,7 +273,9 @@ def main():
     from mmengine.utils import ProgressBar
 
     runners = [Runner(name, args) for name in args.models]
-    steps = [(mode, runner) for mode in args.modes for runner in runners]
+    # The FFT reference is not a compile target (its cached filters break the graph).
+    steps = [(mode, runner) for mode in args.modes for runner in runners
+             if not (mode == 'forward_compile' and runner.name.endswith('-fft'))]
     device = runners[0].device
     times: Dict[str, Dict[str, List[float]]] = {m: {r.name: [] for r in runners}
                                                 for m in args.modes}
@@ -240,7 +284,8 @@ def main():
           f'{args.size[0]}x{args.size[1]}, {args.dtype}, {args.device}, '
           f'{torch.get_num_threads()} threads' + (', channels_last' if args.channels_last
                                                   else ''))
-    bar = ProgressBar(rounds * len(steps) + (0 if args.no_memory else len(steps)))
+    memory_steps = [(mode, runner) for mode, runner in steps if mode in MEMORY_MODES]
+    bar = ProgressBar(rounds * len(steps) + (0 if args.no_memory else len(memory_steps)))
     for round_idx in range(rounds):
         for mode, runner in steps:
             elapsed = timed(getattr(runner, mode), device)
@@ -250,21 +295,28 @@ def main():
 
     memory: Dict[str, Dict[str, int]] = {m: {} for m in args.modes}
     if not args.no_memory:
-        for mode, runner in steps:
+        for mode, runner in memory_steps:
             memory[mode][runner.name] = measure_in_subprocess(runner.name, mode, args)
             bar.update()
+    bf16_errors = {r.name: r.bf16_error() for r in runners} if 'forward_bf16' in args.modes \
+        else {}
     sys.stdout.write('\n')
 
     results = {}
     for runner in runners:
         row = dict(params_M=runner.params / 1e6)
         for mode in args.modes:
+            if not times[mode][runner.name]:
+                row[f'{mode}_img_s'] = None
+                continue
             median = statistics.median(times[mode][runner.name])
             row[f'{mode}_img_s'] = args.batch / median
             row[f'{mode}_s_per_batch'] = median
             row[f'{mode}_times'] = times[mode][runner.name]
             if runner.name in memory[mode]:
                 row[f'{mode}_peak_MiB'] = memory[mode][runner.name] / 2**20
+        if runner.name in bf16_errors:
+            row['bf16_rel_err'] = bf16_errors[runner.name]
         results[runner.name] = row
 
     def fft_of(name: str) -> Optional[str]:
@@ -276,8 +328,10 @@ def main():
     header = ['model', 'params (M)']
     for mode in args.modes:
         header += [f'{mode} img/s', f'{mode} vs ConvNeXt-T', f'{mode} vs fft']
-        if not args.no_memory:
+        if not args.no_memory and mode in MEMORY_MODES:
             header += [f'{mode} peak MiB', f'{mode} peak vs fft']
+    if bf16_errors:
+        header.append('bf16 rel err')
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for name, row in results.items():
         ref, fft = results.get(REFERENCE), results.get(fft_of(name) or '')
@@ -288,13 +342,15 @@ def main():
             rel_fft = ratio(speed, fft and fft[f'{mode}_img_s'])
             row[f'{mode}_vs_{REFERENCE}'] = rel_ref
             row[f'{mode}_vs_fft'] = rel_fft
-            cells += [f'{speed:.2f}', fmt(rel_ref, '.2f') + ('x' if rel_ref else ''),
+            cells += [fmt(speed, '.2f'), fmt(rel_ref, '.2f') + ('x' if rel_ref else ''),
                       fmt(rel_fft, '.2f') + ('x' if rel_fft else '')]
-            if not args.no_memory:
+            if not args.no_memory and mode in MEMORY_MODES:
                 mem = row.get(f'{mode}_peak_MiB')
                 mem_fft = ratio(mem, fft and fft.get(f'{mode}_peak_MiB'))
                 row[f'{mode}_peak_vs_fft'] = mem_fft
                 cells += [fmt(mem, '.0f'), fmt(mem_fft, '.2f') + ('x' if mem_fft else '')]
+        if bf16_errors:
+            cells.append(f'{row["bf16_rel_err"]:.2%}')
         lines.append('| ' + ' | '.join(cells) + ' |')
     print('\n'.join(lines))
 
