@@ -25,6 +25,7 @@ def official_state(official_fixture):
     return dict(official_fixture['classification']['state_dict'])
 
 
+@pytest.mark.slow
 def test_output_format(official_state, tmp_path):
     torch.save(official_state, tmp_path / 'src.pth')
     result = run_converter(tmp_path / 'src.pth', tmp_path / 'out' / 'dst.pth')
@@ -134,32 +135,38 @@ def test_non_tensor_entry_is_refused_by_name(official_state, wrap):
     ('bare', 'network.0.0.token_mixer.extra_gate.weight'),
     ('state_dict', 'extra_token'),
 ])
+@pytest.mark.slow
 def test_unknown_key(official_state, tmp_path, wrap, key):
     """Through the command line: no output file, the key named."""
     official_state[key] = torch.zeros(1)
     expect_failure(tmp_path, WRAPS[wrap](official_state), f"Unknown key '{key}'")
 
 
+@pytest.mark.slow
 def test_missing_key(official_state, tmp_path):
     del official_state['network.2.0.mlp.fc2.bias']
     expect_failure(tmp_path, official_state, 'backbone.stages.1.0.mlp.fc2.bias')
 
 
+@pytest.mark.slow
 def test_shape_mismatch(official_state, tmp_path):
     official_state['network.6.0.token_mixer.proj_out.weight'] = torch.zeros(512, 511, 1, 1)
     expect_failure(tmp_path, official_state, 'Shape mismatch for '
                    "'network.6.0.token_mixer.proj_out.weight'")
 
 
+@pytest.mark.slow
 def test_not_spanet(tmp_path):
     expect_failure(tmp_path, {'conv1.weight': torch.zeros(64, 3, 7, 7)},
                    'Cannot find the SPANet stages')
 
 
+@pytest.mark.slow
 def test_arch_check(official_state, tmp_path):
     expect_failure(tmp_path, official_state, "not 's'", '--arch', 's')
 
 
+@pytest.mark.slow
 def test_corrupt_source(tmp_path):
     (tmp_path / 'src.pth').write_bytes(b'not a checkpoint')
     result = run_converter(tmp_path / 'src.pth', tmp_path / 'dst.pth')
@@ -167,6 +174,7 @@ def test_corrupt_source(tmp_path):
     assert not (tmp_path / 'dst.pth').exists()
 
 
+@pytest.mark.slow
 def test_source_is_never_unpickled_unsafely(tmp_path):
     marker = tmp_path / 'pwned'
     torch.save({'state_dict': {}, 'payload': FileCreatingPayload(str(marker))},
@@ -177,6 +185,7 @@ def test_source_is_never_unpickled_unsafely(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_missing_source(tmp_path):
     result = run_converter(tmp_path / 'nope.pth', tmp_path / 'dst.pth')
     assert result.returncode != 0 and 'does not exist' in result.stderr

@@ -127,6 +127,7 @@ def test_get_flops_matches_paper():
     assert r['macs_lowrank_total'] > r['macs_paper']
 
 
+@pytest.mark.slow
 def test_get_flops_cli_dense_config(tmp_path):
     config = write(tmp_path / 'det.py', DET_CONFIG)
     out = subprocess.run(
@@ -135,6 +136,7 @@ def test_get_flops_cli_dense_config(tmp_path):
     assert 'backbone' in out and 'MACs, paper convention' in out
 
 
+@pytest.mark.slow
 def test_benchmark_smoke(tmp_path):
     out = tmp_path / 'bench.json'
     proc = subprocess.run(

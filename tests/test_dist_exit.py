@@ -14,7 +14,11 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # real two-process launches
 
 PROBE = osp.join(REPO_ROOT, 'tests', 'data', 'ddp_exit_probe.py')
 DIST_PY = osp.join(REPO_ROOT, 'spanet_mm', 'engine', 'dist.py')

@@ -55,6 +55,7 @@ def run_with_broken(toolbox, error, build):
     return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_incompatible_mmdet_does_not_break_the_registration():
     # What mmdet 3.3.0 raises with mmcv 2.2.0: an AssertionError, not an ImportError.
     # (Building models then fails inside mmpretrain and mmseg themselves, whose model packages
@@ -70,6 +71,7 @@ def test_incompatible_mmdet_does_not_break_the_registration():
 @pytest.mark.parametrize('missing, present', [('mmdet', ['mmpretrain', 'mmseg']),
                                               ('mmseg', ['mmpretrain', 'mmdet']),
                                               ('mmpretrain', ['mmdet', 'mmseg'])])
+@pytest.mark.slow
 def test_each_toolbox_works_without_the_others(missing, present):
     result = run_with_broken(
         missing, f"ModuleNotFoundError('No module named {missing}', name='{missing}')",

@@ -34,6 +34,8 @@ TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
 GENERATOR = osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py')
 DATA_DIR = osp.join(REPO_ROOT, 'tests', 'data')
 
+pytestmark = pytest.mark.slow  # real two-process DDP runs of tools/dist_train.sh
+
 COMMON = """
 custom_imports = dict(imports=['spanet_mm', 'rank_loss_recorder'], allow_failed_imports=False)
 val_dataloader = None

@@ -65,6 +65,7 @@ def tiny_state(arch=TINY, prefix='backbone.'):
 
 
 # --- checkpoints through tools/test.py (load_from into a classifier) ---------------------------
+@pytest.mark.slow
 def test_test_tool_refuses_a_checkpoint_of_another_model(demo, tmp_path):
     root, config = demo
     from mmpretrain.models import ResNet
@@ -92,6 +93,7 @@ def test_checkpoint_of_another_arch_is_refused_on_load_from():
         check_state_dict(tiny_state(deeper), dict(state_dict=tiny_state()), source='s.pth')
 
 
+@pytest.mark.slow
 def test_test_tool_reports_a_truncated_checkpoint(demo, tmp_path):
     root, config = demo
     torch.save(dict(state_dict=tiny_state()), tmp_path / 'full.pth')
@@ -102,6 +104,7 @@ def test_test_tool_reports_a_truncated_checkpoint(demo, tmp_path):
     assert 'truncated or corrupt' in result.stderr and 'Re-download' in result.stderr
 
 
+@pytest.mark.slow
 def test_test_tool_reports_a_missing_checkpoint(demo, tmp_path):
     root, config = demo
     result = run_tool(TEST, config, tmp_path / 'nope.pth', '--work-dir', tmp_path / 'w')
@@ -156,6 +159,7 @@ def test_pretrained_file_missing_gives_the_conversion_command(tmp_path):
 
 
 # --- datasets -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_missing_dataset_names_the_path(demo, tmp_path):
     root, config = demo
     missing = tmp_path / 'no_such_imagenet'
@@ -261,6 +265,7 @@ def test_malformed_image_list(tmp_path):
 
 
 # --- unknown config keys --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unknown_backbone_key_names_the_key(demo, tmp_path):
     root, config = demo
     result = run_tool(TRAIN, config, '--work-dir', tmp_path / 'w', '--cfg-options',
@@ -291,6 +296,7 @@ def test_unknown_top_level_key(demo, key, message):
                             'find_unused_parameters': True})  # real keys pass
 
 
+@pytest.mark.slow
 def test_unknown_top_level_key_through_train_tool(demo, tmp_path):
     root, config = demo
     result = run_tool(TRAIN, config, '--work-dir', tmp_path / 'w', '--cfg-options',

@@ -85,6 +85,7 @@ def test_plot_spectral_response_refuses_a_wrong_checkpoint(tmp_path):
     assert not (tmp_path / 'plots').exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_image_demo_runs_the_three_inferencers(tmp_path):
     out = tmp_path / 'demo'
     load_tool(IMAGE_DEMO).main([DEMO_CLS, DEMO_DET, DEMO_SEG, '--out-dir', str(out)])
@@ -99,6 +100,7 @@ def test_image_demo_runs_the_three_inferencers(tmp_path):
     assert not list(out.glob('*.tmp'))
 
 
+@pytest.mark.slow
 def test_image_demo_checks_arguments_before_writing(tmp_path):
     tool = load_tool(IMAGE_DEMO)
     with pytest.raises(SystemExit, match='one per config'):
@@ -109,6 +111,7 @@ def test_image_demo_checks_arguments_before_writing(tmp_path):
     assert not (tmp_path / 'd').exists()
 
 
+@pytest.mark.slow
 def test_converter_progress_and_non_finite_warning(official_fixture, tmp_path):
     converter = osp.join(REPO_ROOT, 'tools', 'model_converters', 'spanet_official_to_mm.py')
     state = dict(official_fixture['classification']['state_dict'])

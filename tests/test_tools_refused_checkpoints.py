@@ -89,6 +89,9 @@ ENTRY_POINTS = {
 }
 KINDS = ['truncated', 'corrupt', 'another_model', 'another_arch', 'unsafe']
 
+# 16 Runner start-ups (15 in-process, one a real process).
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize('entry', sorted(ENTRY_POINTS))
 @pytest.mark.parametrize('kind', KINDS)
@@ -113,7 +116,6 @@ def test_refused_checkpoint_is_one_error_line(kind, entry, workspace, tmp_path, 
     assert not (tmp_path / 'pwned').exists()
 
 
-@pytest.mark.slow
 def test_refused_checkpoint_as_a_process(workspace, tmp_path):
     """The same through a real process: exit status 1, no traceback, ERROR last."""
     root, config, good = workspace
