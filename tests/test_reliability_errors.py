@@ -338,3 +338,12 @@ def test_checkpoint_check_hook_sees_through_tta_wrapper(tmp_path):
     with pytest.raises(CheckpointMismatchError, match='other.pth does not fit the model at all'):
         runner.load_or_resume()
     assert all(torch.equal(v, before[k]) for k, v in runner.model.module.state_dict().items())
+
+
+def test_pretrained_checkpoint_of_a_deeper_arch_with_the_same_widths(tmp_path):
+    """M's file into an S config: same widths, more blocks; the extra blocks are refused, not
+    dropped silently."""
+    deeper = dict(TINY, layers=[2, 2, 2, 2])
+    torch.save(dict(state_dict=tiny_state(deeper)), tmp_path / 'deeper.pth')
+    with pytest.raises(ValueError, match=r'key\(s\) the model does not have.*stages\.0\.1\.'):
+        pretrained(tmp_path / 'deeper.pth').init_weights()

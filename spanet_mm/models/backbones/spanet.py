@@ -14,6 +14,7 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...checkpoint import CheckpointMismatchError, CheckpointNotFoundError
 from ...registry import register_model
 from ..layers import SPECTRAL_IMPLS, SpectralPoolingMixer
 from ..layers.spam import is_channels_last, is_exporting
@@ -341,7 +342,7 @@ class SPANet(BaseModule):
     def _load_pretrained(self, checkpoint: str, prefix: Optional[str],
                          load_out_norms: Optional[Sequence[int]] = None) -> None:
         if '://' not in checkpoint and not osp.isfile(checkpoint):
-            raise FileNotFoundError(
+            raise CheckpointNotFoundError(
                 f'SPANet pretrained weights {checkpoint!r} not found. Convert the official '
                 f'ImageNet checkpoint first:\n  python tools/model_converters/'
                 f'spanet_official_to_mm.py spanet-small.pth {checkpoint}\n(pick the official '
@@ -366,14 +367,17 @@ class SPANet(BaseModule):
         mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
                       for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
         missing = [k for k in own if k not in state_dict and not re.match(r'norm\d+\.', k)]
-        if mismatched or missing:
+        # Blocks the model does not have: a deeper arch of the same widths (M into S).
+        unexpected = [k for k in state_dict if k not in own and not re.match(r'norm\d+\.', k)]
+        if mismatched or missing or unexpected:
             arch = (loaded.get('meta') or {}).get('arch') if isinstance(loaded, dict) else None
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f'{checkpoint} does not fit SPANet arch {self.arch}'
                 f'{f" (it holds arch {arch})" if arch else ""}: '
                 f'{len(mismatched)} shape mismatch(es) {mismatched[:3]}, '
-                f'{len(missing)} missing key(s) {missing[:3]}. Use the checkpoint of the '
-                'same arch as the config.')
+                f'{len(missing)} missing key(s) {missing[:3]}, {len(unexpected)} key(s) the '
+                f'model does not have {unexpected[:3]}. Use the checkpoint of the same arch as '
+                'the config.')
         incompatible = self.load_state_dict(
             {k: v for k, v in state_dict.items() if k in own}, strict=False)
         if incompatible.missing_keys:
