@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from spanet_mm.models import SPANet
-from spanet_mm.models.layers import SpectralPoolingMixer, spectral_basis
+from spanet_mm.models.layers import SpectralPoolingMixer
 
 MIXER_SIZES = [(56, 56), (28, 28), (14, 14), (7, 7), (33, 47), (64, 96), (37, 37), (32, 32),
                (5, 3), (2, 2), (1, 1)]
