@@ -12,7 +12,8 @@ from .checkpoint import check_state_dict
 
 
 def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
-               device: str = 'cpu', cfg_options: Optional[dict] = None) -> nn.Module:
+               device: str = 'cpu', cfg_options: Optional[dict] = None,
+               strict: bool = False) -> nn.Module:
     """Builds the classifier, detector or segmentor of ``config`` in eval mode.
 
     What ``mmpretrain.apis.init_model``, ``mmdet.apis.init_detector`` and
@@ -31,6 +32,9 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
         checkpoint (str, optional): Checkpoint path. Defaults to None.
         device (str): Device to put the model on. Defaults to 'cpu'.
         cfg_options (dict, optional): Overrides, as ``--cfg-options``. Defaults to None.
+        strict (bool): Refuse a checkpoint that misses any tensor of the model, not only a
+            backbone tensor (an exported model must not keep initial weights anywhere).
+            Defaults to False: necks and heads may start new, with a warning.
 
     Returns:
         nn.Module: The model, in eval mode, with the merged config as ``model.cfg``.
@@ -49,7 +53,8 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
     model.init_weights()
     if checkpoint is not None:
         loaded = _load_checkpoint(checkpoint, map_location='cpu')
-        check_state_dict(model.state_dict(), loaded, source=checkpoint)
+        check_state_dict(model.state_dict(), loaded, source=checkpoint,
+                         strict_prefixes=('', ) if strict else ('backbone.', ))
         state_dict = loaded.get('state_dict', loaded.get('model', loaded))
         model.load_state_dict(state_dict, strict=False)  # output norms may start as identity
         dataset_meta = (loaded.get('meta') or {}).get('dataset_meta')

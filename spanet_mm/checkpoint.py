@@ -150,15 +150,15 @@ def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
             f'{name} does not fit the model at all: none of its {len(state_dict)} tensors '
             f'(e.g. {example}) matches the model\'s {len(own)} tensors (e.g. '
             f'{sorted(own)[:3]}). {hint}.')
+    scope = 'in the model' if '' in strict_prefixes else f'under {list(strict_prefixes)}'
     if strict(mismatched) or strict(missing) or strict(unexpected):
         raise CheckpointMismatchError(
             f'{name} does not fit the model{held}: {len(strict(mismatched))} shape '
             f'mismatch(es) {strict(mismatched)[:3]}, {len(strict(missing))} missing '
             f'tensor(s) {strict(missing)[:3]}, {len(strict(unexpected))} tensor(s) the model '
-            f'does not have {strict(unexpected)[:3]} under {list(strict_prefixes)}. It is '
-            'probably a '
-            'checkpoint of another SPANet arch or another backbone: use the config of the '
-            'arch it was trained with (or the checkpoint of this config\'s arch).')
+            f'does not have {strict(unexpected)[:3]} {scope}. It is probably a checkpoint of '
+            'another SPANet arch, another backbone or another model: use the config it was '
+            'trained with (or the checkpoint of this config\'s model).')
     if mismatched or missing:
         print_log(f'{name}: {len(mismatched)} tensor(s) of other shape {mismatched[:3]} and '
                   f'{len(missing)} missing {missing[:3]} outside {list(strict_prefixes)}; '

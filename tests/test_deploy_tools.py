@@ -7,46 +7,27 @@ import sys
 import pytest
 import torch
 
+from spanet_mm.apis import init_model
+from spanet_mm.checkpoint import CheckpointMismatchError, CheckpointNotFoundError
 from spanet_mm.models import SPANet
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-SMALL_ARCH = "dict(layers=[1, 1, 2, 1], embed_dims=[16, 24, 32, 40])"
-CLS_CONFIG = f"""
-custom_imports = dict(imports=['spanet_mm'], allow_failed_imports=False)
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(type='SPANet', arch={SMALL_ARCH}),
-    neck=dict(type='GlobalAveragePooling'),
-    head=dict(type='LinearClsHead', num_classes=7, in_channels=40))
-"""
-# A detector config: only cfg.model.backbone is used (mmdet is not imported).
-DET_CONFIG = f"""
-custom_imports = dict(imports=['spanet_mm'], allow_failed_imports=False)
-model = dict(
-    type='RetinaNet',
-    backbone=dict(type='SPANet', arch={SMALL_ARCH}, out_indices=(1, 2, 3)),
-    neck=dict(type='FPN', in_channels=[24, 32, 40], out_channels=16, num_outs=5))
-"""
-
-
-def write(path, text):
-    path.write_text(text)
-    return str(path)
+CLS_CONFIG = osp.join(REPO_ROOT, 'configs', 'classification', 'demo', 'spanet_demo_cls.py')
+# A whole Mask R-CNN of a tiny SPANet (out_indices 0-3); the backbone is exported.
+DET_CONFIG = osp.join(REPO_ROOT, 'configs', 'detection', 'demo', 'mask_rcnn_spanet_demo.py')
 
 
 def random_checkpoint(tmp_path, config, name):
-    """An OpenMMLab checkpoint of the config's model with random (non-trivial) weights."""
-    from tools.deployment.pytorch2onnx import build_model
-    _, target, prefix, _ = build_model(config)
+    """An OpenMMLab checkpoint of the config's whole model, its backbone random (non-trivial)."""
+    model = init_model(config)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for param in target.parameters():
+        for param in model.backbone.parameters():
             param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
-    state_dict = {prefix + k: v for k, v in target.state_dict().items()}
     path = str(tmp_path / name)
-    torch.save({'state_dict': state_dict, 'meta': {}}, path)
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
     return path
 
 
@@ -59,10 +40,9 @@ def export(argv):
 @pytest.mark.parametrize('dynamic', [False, True])
 def test_export_classifier(tmp_path, dynamic):
     import onnx
-    config = write(tmp_path / 'cls.py', CLS_CONFIG)
-    ckpt = random_checkpoint(tmp_path, config, 'cls.pth')
+    ckpt = random_checkpoint(tmp_path, CLS_CONFIG, 'cls.pth')
     out = str(tmp_path / 'cls.onnx')
-    worst = export([config, ckpt, out, '--shape', '64', '96'] + (['--dynamic'] if dynamic else []))
+    worst = export([CLS_CONFIG, ckpt, out, '--shape', '64', '96'] + (['--dynamic'] if dynamic else []))
     assert worst <= 1e-4
     model = onnx.load(out)
     assert model.opset_import[0].version == 17
@@ -77,16 +57,13 @@ def test_export_classifier(tmp_path, dynamic):
 
 def test_export_dense_backbone_dynamic_odd_sizes(tmp_path):
     import onnxruntime as ort
-    from tools.deployment.pytorch2onnx import build_model, load_weights
-    config = write(tmp_path / 'det.py', DET_CONFIG)
-    ckpt = random_checkpoint(tmp_path, config, 'det.pth')
+    ckpt = random_checkpoint(tmp_path, DET_CONFIG, 'det.pth')
     out = str(tmp_path / 'det.onnx')
-    export([config, ckpt, out, '--shape', '64', '64', '--dynamic', '--verify-shape', '75', '53'])
-    model, target, prefix, names = build_model(config)
-    load_weights(target, ckpt, prefix)
-    model.eval()
+    export([DET_CONFIG, ckpt, out, '--shape', '64', '64', '--dynamic', '--verify-shape', '75',
+            '53'])
+    model = init_model(DET_CONFIG, ckpt).backbone
     session = ort.InferenceSession(out, providers=['CPUExecutionProvider'])
-    assert [o.name for o in session.get_outputs()] == ['feat1', 'feat2', 'feat3']
+    assert [o.name for o in session.get_outputs()] == ['feat0', 'feat1', 'feat2', 'feat3']
     x = torch.randn(1, 3, 33, 47)  # a third size, odd and non-square
     with torch.no_grad():
         expected = model(x)
@@ -97,17 +74,23 @@ def test_export_dense_backbone_dynamic_odd_sizes(tmp_path):
 
 
 def test_export_rejects_wrong_checkpoint(tmp_path):
-    from tools.deployment.pytorch2onnx import ExportError
-    config = write(tmp_path / 'cls.py', CLS_CONFIG)
-    model = SPANet(dict(layers=[1, 1, 1, 1], embed_dims=[16, 24, 32, 40]), init_cfg=None)
-    bad = str(tmp_path / 'bad.pth')
-    torch.save({'state_dict': {'backbone.' + k: v for k, v in model.state_dict().items()},
-                'meta': {}}, bad)
+    # The demo classifier's backbone without its head: every exported tensor must be there.
+    backbone = init_model(CLS_CONFIG).backbone
+    no_head = str(tmp_path / 'no_head.pth')
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in backbone.state_dict().items()},
+                'meta': {}}, no_head)
+    # Another arch (one block more in stage 0): refused although its head would fit.
+    other = SPANet(dict(layers=[2, 1, 1, 1], embed_dims=backbone.embed_dims))
+    other_arch = str(tmp_path / 'other_arch.pth')
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in other.state_dict().items()},
+                'meta': {}}, other_arch)
     out = tmp_path / 'x.onnx'
-    with pytest.raises(ExportError, match='missing key'):
-        export([config, bad, str(out), '--shape', '64', '64'])
-    with pytest.raises(ExportError, match='not found'):
-        export([config, str(tmp_path / 'none.pth'), str(out), '--shape', '64', '64'])
+    with pytest.raises(CheckpointMismatchError, match=r"2 missing tensor\(s\) \['head\.fc\.weight'"):
+        export([CLS_CONFIG, no_head, str(out), '--shape', '64', '64'])
+    with pytest.raises(CheckpointMismatchError, match='stages.0.1'):
+        export([CLS_CONFIG, other_arch, str(out), '--shape', '64', '64'])
+    with pytest.raises(CheckpointNotFoundError, match='none.pth not found'):
+        export([CLS_CONFIG, str(tmp_path / 'none.pth'), str(out), '--shape', '64', '64'])
     assert not out.exists()
 
 
@@ -129,9 +112,8 @@ def test_get_flops_matches_paper():
 
 @pytest.mark.slow
 def test_get_flops_cli_dense_config(tmp_path):
-    config = write(tmp_path / 'det.py', DET_CONFIG)
     out = subprocess.run(
-        [sys.executable, osp.join(REPO_ROOT, 'tools', 'analysis', 'get_flops.py'), config,
+        [sys.executable, osp.join(REPO_ROOT, 'tools', 'analysis', 'get_flops.py'), DET_CONFIG,
          '--shape', '64', '96'], capture_output=True, text=True, check=True).stdout
     assert 'backbone' in out and 'MACs, paper convention' in out
 

@@ -23,7 +23,6 @@ Examples::
 """
 import argparse
 import os.path as osp
-import sys
 from collections import defaultdict
 from typing import Dict, Optional
 
@@ -31,7 +30,6 @@ import torch
 import torch.nn as nn
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, REPO_ROOT)
 
 VARIANTS = ('s', 'm', 'mx', 'b', 'bx')
 
@@ -54,29 +52,20 @@ def parse_args():
 
 
 def build(config: str):
-    """The config's model with the FFT spectral pooling: (model, backbone, is_classifier)."""
-    from mmengine.config import Config
-    import spanet_mm  # noqa: F401  registers SPANet
-    from spanet_mm.models import SPANet
+    """The config's model with the FFT spectral pooling: (model, backbone, is_classifier).
 
-    cfg = Config.fromfile(config)
-    backbone_cfg = cfg.model.get('backbone', cfg.model).copy()
-    if backbone_cfg.get('type') != 'SPANet':
-        raise ValueError(f'{config}: the backbone is {backbone_cfg.get("type")!r}, not SPANet.')
-    backbone_cfg['spectral_impl'] = 'fft'
-    backbone_cfg['init_cfg'] = None
-    if cfg.model.get('type') == 'ImageClassifier':
-        from mmengine.registry import init_default_scope
-        from mmpretrain.registry import MODELS
-        init_default_scope('mmpretrain')
-        model_cfg = cfg.model.copy()
-        model_cfg['backbone'] = backbone_cfg
-        model_cfg.pop('train_cfg', None)  # batch augments need no counting
-        model_cfg.pop('data_preprocessor', None)
-        model = MODELS.build(model_cfg)
-        return model, model.backbone, True
-    backbone_cfg.pop('type')
-    backbone = SPANet(**backbone_cfg)
+    Classification configs count the classifier (backbone, neck, head), the others the
+    backbone. Built by :func:`spanet_mm.apis.init_model`, without pretrained weights.
+    """
+    from spanet_mm.apis import init_model
+
+    model = init_model(config, cfg_options={'model.backbone.spectral_impl': 'fft',
+                                            'model.backbone.init_cfg': None})
+    backbone = getattr(model, 'backbone', None)
+    if type(backbone).__name__ != 'SPANet':
+        raise ValueError(f'{config}: the backbone is {type(backbone).__name__}, not SPANet.')
+    if type(model).__name__ == 'ImageClassifier':
+        return model, backbone, True
     return backbone, backbone, False
 
 

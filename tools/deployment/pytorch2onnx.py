@@ -7,8 +7,8 @@
   image -> one feature map per ``out_indices`` (``feat0``, ``feat1``, ...).
 
 The checkpoint is required (an OpenMMLab checkpoint ``{'state_dict': ..., 'meta': ...}`` of the
-config's model, e.g. from ``tools/train.py`` or the official-weight converter); every exported
-weight must be in it. The spectral pooling is exported in its FFT-free form, with the Fourier
+config's whole model, e.g. from ``tools/train.py``); the model is built and loaded by
+:func:`spanet_mm.apis.init_model`, which refuses a file that misses any of its tensors. The spectral pooling is exported in its FFT-free form, with the Fourier
 modes computed from the input shape in the graph, so ``--dynamic`` exports follow any input size
 (batch, height and width axes are dynamic). After export the model is run with onnxruntime on a
 random input of ``--shape`` (and, with ``--dynamic``, on a second size and batch) and compared
@@ -30,8 +30,6 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 OPSET = 17
 
@@ -70,55 +68,18 @@ class Classifier(nn.Module):
         return self.model(x, mode='tensor')
 
 
-def build_model(config: str) -> Tuple[nn.Module, nn.Module, str, List[str]]:
-    """``(exported module, module the checkpoint is loaded into, key prefix, output names)``."""
-    from mmengine.config import Config
-    import spanet_mm  # noqa: F401  registers SPANet
-    from spanet_mm.models import SPANet
+def build_model(config: str, checkpoint: str) -> Tuple[nn.Module, List[str]]:
+    """``(exported module, output names)``: the config's model with every tensor from
+    ``checkpoint`` (:func:`spanet_mm.apis.init_model` with ``strict=True``)."""
+    from spanet_mm.apis import init_model
 
-    cfg = Config.fromfile(config)
-    if 'backbone' not in cfg.model:
-        raise ExportError(f'{config}: model has no backbone.')
-    backbone_cfg = cfg.model.backbone.copy()
-    if backbone_cfg.get('type') != 'SPANet':
-        raise ExportError(f'{config}: the backbone is {backbone_cfg.get("type")!r}, not SPANet.')
-    backbone_cfg['init_cfg'] = None  # weights come from the checkpoint
-    if cfg.model.get('type') == 'ImageClassifier':
-        from mmengine.registry import init_default_scope
-        from mmpretrain.registry import MODELS
-        init_default_scope('mmpretrain')
-        model_cfg = cfg.model.copy()
-        model_cfg['backbone'] = backbone_cfg
-        model_cfg.pop('train_cfg', None)
-        model_cfg.pop('data_preprocessor', None)
-        model = MODELS.build(model_cfg)
-        return Classifier(model), model, '', ['logits']
-    backbone_cfg.pop('type')
-    backbone = SPANet(**backbone_cfg)
-    return backbone, backbone, 'backbone.', [f'feat{i}' for i in backbone.out_indices]
-
-
-def load_weights(module: nn.Module, checkpoint: str, prefix: str) -> None:
-    """Loads ``checkpoint`` into ``module``; every parameter and buffer must be there."""
-    from spanet_mm.checkpoint import load_local_checkpoint
-
-    if not osp.isfile(checkpoint):
-        raise ExportError(f'checkpoint {checkpoint!r} not found')
-    loaded = load_local_checkpoint(checkpoint, map_location='cpu')
-    state_dict = loaded.get('state_dict', loaded) if isinstance(loaded, dict) else None
-    if not isinstance(state_dict, dict):
-        raise ExportError(f'{checkpoint} does not hold a state dict')
-    if prefix and any(k.startswith(prefix) for k in state_dict):
-        state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    mismatched = [f'{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}'
-                  for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or mismatched:
-        raise ExportError(
-            f'{checkpoint} does not fit the config\'s model: {len(missing)} missing key(s) '
-            f'{missing[:5]}, {len(mismatched)} shape mismatch(es) {mismatched[:5]}')
-    module.load_state_dict({k: state_dict[k] for k in own}, strict=True)
+    model = init_model(config, checkpoint, strict=True)
+    backbone = getattr(model, 'backbone', None)
+    if type(backbone).__name__ != 'SPANet':
+        raise ExportError(f'{config}: the backbone is {type(backbone).__name__}, not SPANet.')
+    if type(model).__name__ == 'ImageClassifier':
+        return Classifier(model), ['logits']
+    return backbone, [f'feat{i}' for i in backbone.out_indices]
 
 
 def run_torch(model: nn.Module, x: torch.Tensor) -> List[np.ndarray]:
@@ -154,9 +115,7 @@ def verify(path: str, model: nn.Module, inputs: Sequence[torch.Tensor], atol: fl
 
 
 def export(args) -> float:
-    model, target, prefix, output_names = build_model(args.config)
-    load_weights(target, args.checkpoint, prefix)
-    model.eval()
+    model, output_names = build_model(args.config, args.checkpoint)
     height, width = args.shape
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, height, width)
@@ -193,11 +152,12 @@ def export(args) -> float:
 
 
 def main(argv=None):
+    from spanet_mm.errors import UserError
     args = parse_args(argv)
     try:
         export(args)
-    except ExportError as err:
-        sys.exit(f'error: {err}')
+    except (ExportError, UserError) as err:
+        sys.exit(f'ERROR: {err}')
 
 
 if __name__ == '__main__':
