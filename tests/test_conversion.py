@@ -2,13 +2,11 @@
 import os
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, FileCreatingPayload
+from conftest import REPO_ROOT, FileCreatingPayload, run_python
 from spanet_mm import SPANet
 from spanet_mm.conversion import CheckpointConversionError, convert_official
 
@@ -16,8 +14,7 @@ CONVERTER = osp.join(REPO_ROOT, 'tools', 'model_converters', 'spanet_official_to
 
 
 def run_converter(*args):
-    return subprocess.run([sys.executable, CONVERTER, *map(str, args)],
-                          capture_output=True, text=True)
+    return run_python(CONVERTER, *args)
 
 
 @pytest.fixture

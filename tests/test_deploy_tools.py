@@ -1,17 +1,16 @@
 """tools/deployment/pytorch2onnx.py, tools/analysis/get_flops.py and tools/analysis/benchmark.py."""
 import json
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
 import torch
 
+from conftest import REPO_ROOT, run_python
 from spanet_mm.apis import init_model
 from spanet_mm.checkpoint import CheckpointMismatchError, CheckpointNotFoundError
 from spanet_mm.models import SPANet
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 CLS_CONFIG = osp.join(REPO_ROOT, 'configs', 'classification', 'demo', 'spanet_demo_cls.py')
@@ -112,23 +111,25 @@ def test_get_flops_matches_paper():
 
 @pytest.mark.slow
 def test_get_flops_cli_dense_config(tmp_path):
-    out = subprocess.run(
-        [sys.executable, osp.join(REPO_ROOT, 'tools', 'analysis', 'get_flops.py'), DET_CONFIG,
-         '--shape', '64', '96'], capture_output=True, text=True, check=True).stdout
+    result = run_python(osp.join(REPO_ROOT, 'tools', 'analysis', 'get_flops.py'), DET_CONFIG,
+                        '--shape', '64', '96')
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
     assert 'backbone' in out and 'MACs, paper convention' in out
 
 
 @pytest.mark.slow
 def test_benchmark_smoke(tmp_path):
     out = tmp_path / 'bench.json'
-    proc = subprocess.run(
-        [sys.executable, osp.join(REPO_ROOT, 'tools', 'analysis', 'benchmark.py'), '--models',
-         'spanet-s', 'spanet-s-fft', '--batch', '1', '--size', '32', '--repeats', '1',
-         '--warmup', '0', '--threads', '1', '--json', str(out)],
-        capture_output=True, text=True, check=True)
+    # One mode: each (model, mode) peak is measured in a fresh interpreter of the tool's own.
+    proc = run_python(
+        osp.join(REPO_ROOT, 'tools', 'analysis', 'benchmark.py'), '--models', 'spanet-s',
+        'spanet-s-fft', '--modes', 'train', '--batch', '1', '--size', '32', '--repeats', '1',
+        '--warmup', '0', '--threads', '1', '--json', out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert '| spanet-s |' in proc.stdout
     result = json.loads(out.read_text())['results']
     assert set(result) == {'spanet-s', 'spanet-s-fft'}
-    assert result['spanet-s']['forward_img_s'] > 0
+    assert result['spanet-s']['train_img_s'] > 0
     assert result['spanet-s']['train_peak_MiB'] > 0
-    assert result['spanet-s']['forward_vs_fft'] is not None
+    assert result['spanet-s']['train_vs_fft'] is not None

@@ -1,7 +1,5 @@
 """Converted official weights reproduce the official model's outputs (shared fixture)."""
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -9,15 +7,14 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_python
 
 CONVERTER = osp.join(REPO_ROOT, 'tools', 'model_converters', 'spanet_official_to_mm.py')
 TOLERANCE = 1e-4
 
 
 def convert(src, dst):
-    result = subprocess.run([sys.executable, CONVERTER, str(src), str(dst)],
-                            capture_output=True, text=True)
+    result = run_python(CONVERTER, src, dst)
     assert result.returncode == 0, result.stderr
     return dst
 

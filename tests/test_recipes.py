@@ -10,8 +10,6 @@ import copy
 import glob
 import math
 import os.path as osp
-import subprocess
-import sys
 from functools import lru_cache
 
 import pytest
@@ -22,7 +20,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import PARAM_SCHEDULERS, init_default_scope
 
 import spanet_mm  # noqa: F401
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_python
 
 CONFIG_DIR = osp.join(REPO_ROOT, 'configs')
 with open(osp.join(osp.dirname(__file__), 'data', 'official_recipes.yml')) as f:
@@ -400,8 +398,7 @@ def converted_checkpoint(official_fixture, tmp_path_factory):
     state['norm.bias'] = torch.full_like(state['norm.bias'], -0.25)
     torch.save(state, folder / 'official.pth')
     converter = osp.join(REPO_ROOT, 'tools', 'model_converters', 'spanet_official_to_mm.py')
-    result = subprocess.run([sys.executable, converter, str(folder / 'official.pth'),
-                             str(folder / 'converted.pth')], capture_output=True, text=True)
+    result = run_python(converter, folder / 'official.pth', folder / 'converted.pth')
     assert result.returncode == 0, result.stderr
     arch = {k: official_fixture['arch'][k] for k in ('layers', 'embed_dims', 'mlp_ratios')}
     return folder / 'converted.pth', arch

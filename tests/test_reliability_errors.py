@@ -19,7 +19,7 @@ import torch
 from mmengine.config import Config
 
 import spanet_mm  # noqa: F401
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_python
 from spanet_mm import SPANet
 from spanet_mm.engine import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
                               check_cfg_options, check_dataset_formats)
@@ -44,8 +44,7 @@ custom_hooks = [dict(type='CheckpointCheckHook')]
 
 def run_tool(*args, timeout=240):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO_ROOT)
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return run_python(*args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope='module')

@@ -7,13 +7,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from mmengine.hooks import Hook
 
 import spanet_mm  # noqa: F401  registers RNGStateHook
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_python, start_python
 
 TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
 TEST_DATA = osp.join(REPO_ROOT, 'tests', 'data')
@@ -72,29 +73,25 @@ def _env(**extra):
 
 
 def train(config, work_dir, *args):
-    result = subprocess.run([sys.executable, TRAIN, str(config), '--work-dir', str(work_dir),
-                             *args], capture_output=True, text=True, env=_env(), timeout=300)
+    result = run_python(TRAIN, config, '--work-dir', work_dir, *args, env=_env(), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
 
 def train_and_kill(config, work_dir, pattern, env=None):
     """Starts training and SIGKILLs it at the first output line that matches `pattern`."""
-    proc = subprocess.Popen([sys.executable, TRAIN, str(config), '--work-dir', str(work_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_env(**(env or {})))
-    log = []
+    proc = start_python(TRAIN, config, '--work-dir', work_dir, env=_env(**(env or {})),
+                        merge_stderr=True)
+    deadline = time.monotonic() + 300
     try:
-        for line in proc.stdout:
-            log.append(line)
-            if pattern(line):
-                proc.send_signal(signal.SIGKILL)
-                break
+        while not any(pattern(line) for line in proc.output().splitlines()):
+            assert time.monotonic() < deadline, proc.output()[-3000:]
+            time.sleep(0.05)
     finally:
-        proc.kill()
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, ''.join(log[-50:])
-    return ''.join(log)
+        proc.kill(signal.SIGKILL)
+        log = proc.wait(timeout=60).stdout
+    assert proc.returncode == -signal.SIGKILL, log[-3000:]
+    return log
 
 
 def final_weights(work_dir, epoch=2):

@@ -2,14 +2,12 @@
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_python
 
 PLOT = osp.join(REPO_ROOT, 'tools', 'analysis', 'plot_spectral_response.py')
 IMAGE_DEMO = osp.join(REPO_ROOT, 'tools', 'image_demo.py')
@@ -25,8 +23,7 @@ def photo():
 
 def run_tool(*args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO_ROOT)
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return run_python(*args, env=env, timeout=timeout)
 
 
 def png_is_non_trivial(path, min_side=200):

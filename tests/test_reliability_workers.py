@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, start_python
 
 TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
 CONFIGS = osp.join(REPO_ROOT, 'configs')
@@ -62,14 +62,13 @@ def workspace(tmp_path_factory):
 def _start(workspace, task, persistent, work_dir, *args):
     spec = TASKS[task]
     options = [*COMMON, *spec['options'], f'train_dataloader.persistent_workers={persistent}']
-    return subprocess.Popen(
-        [sys.executable, TRAIN, osp.join(CONFIGS, spec['config']), '--work-dir', str(work_dir),
-         *args, '--cfg-options', *options], cwd=workspace, env=_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_python(TRAIN, osp.join(CONFIGS, spec['config']), '--work-dir', work_dir, *args,
+                        '--cfg-options', *options, cwd=workspace, env=_env(),
+                        merge_stderr=True)
 
 
 def _finish(proc):
-    out, _ = proc.communicate(timeout=400)
+    out = proc.wait(timeout=400).stdout
     assert proc.returncode == 0, out[-4000:]
     return out
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_python
 
 pytestmark = pytest.mark.slow  # the tools end to end, as subprocesses
 
@@ -41,12 +42,15 @@ DEMO = {
 
 
 def run(args, cwd, timeout=300, env=None):
+    """``args`` as a process: a Python script forked from the preloaded interpreter
+    (``run_python``), anything else (the launch scripts) through ``subprocess``."""
     full_env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
                     PYTHONWARNINGS='ignore', PYTHON=PYTHON)
     full_env.update(env or {})
-    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
-                            timeout=timeout)
-    return result
+    if args[0] == PYTHON:
+        return run_python(*args[1:], cwd=cwd, env=full_env, timeout=timeout)
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def check_ok(result):

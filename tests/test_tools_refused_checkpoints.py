@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT, FileCreatingPayload
+from conftest import REPO_ROOT, FileCreatingPayload, run_python
 from spanet_mm import SPANet
 from spanet_mm.engine.launch import run_tool
 
@@ -121,9 +121,8 @@ def test_refused_checkpoint_as_a_process(workspace, tmp_path):
     root, config, good = workspace
     bad, words = make_bad('truncated', tmp_path, good)
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    result = subprocess.run([sys.executable, osp.join(TOOLS, 'test.py'), str(config), str(bad),
-                             '--work-dir', str(tmp_path / 'work')], capture_output=True,
-                            text=True, env=env, timeout=300)
+    result = run_python(osp.join(TOOLS, 'test.py'), config, bad, '--work-dir',
+                        tmp_path / 'work', env=env, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
     assert 'Traceback' not in result.stdout + result.stderr
     assert result.stderr.rstrip().splitlines()[-1].startswith('ERROR: Cannot read checkpoint')
