@@ -26,7 +26,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_python
 
 # SPANET_DIST_TRAIN: another launcher script with the same interface (for debugging).
 DIST_TRAIN = os.environ.get('SPANET_DIST_TRAIN', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'))
@@ -106,9 +106,8 @@ def losses(work_dir, ranks):
 
 def compare(config, work_root, options=()):
     single, double = work_root / 'single', work_root / 'dist'
-    result = subprocess.run(
-        [sys.executable, TRAIN, str(config), '--work-dir', str(single), '--cfg-options',
-         *options], capture_output=True, text=True, env=_env(), timeout=300)
+    result = run_python(TRAIN, config, '--work-dir', single, '--cfg-options', *options,
+                        env=_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     result = subprocess.run(
         ['bash', DIST_TRAIN, str(config), '2', '--work-dir', str(double), '--cfg-options',
