@@ -174,6 +174,8 @@ class ForkedPython:
         self.stdout_path = osp.join(self._tmp.name, 'stdout')
         self.stderr_path = self.stdout_path if merge_stderr else \
             osp.join(self._tmp.name, 'stderr')
+        for path in {self.stdout_path, self.stderr_path}:
+            open(path, 'w').close()  # readable before the child opens it
         self.pid = _FORK_SERVER.ask(
             op='start', script=str(script), args=self.args[2:], cwd=str(cwd), env=env,
             stdout=self.stdout_path, stderr=self.stderr_path)['pid']

@@ -232,3 +232,45 @@ def test_default_init_is_truncated_normal():
     weight = model.stages[2][0].mlp.fc1.weight  # 96 x 24 values
     assert 0.015 < weight.std() < 0.025  # std 0.02, as the official timm init
     assert torch.count_nonzero(model.stages[0][0].mlp.fc1.bias) == 0
+
+
+def _random_scales(model):
+    """Shortcut scales away from 1, so that a fused layer that drops them is caught."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if 'shortcut_scale' in name:
+                param.copy_(torch.rand(param.shape, generator=gen) + 0.5)
+    return model
+
+
+@pytest.mark.parametrize('channels_last', [True, False])
+def test_deployed_block_computes_the_block(channels_last):
+    """A deployed block (fused GEMMs on NHWC maps; plain convs on NCHW) against the block's
+    own modules, with shortcut scales. (The whole deployed model against the official
+    outputs: tests/test_official_equivalence.py.)"""
+    torch.manual_seed(0)
+    block = _random_scales(SPANetBlock(24, radius=1, shortcut_scale=True)).eval()
+    x = torch.randn(2, 24, 13, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = block(x)
+        block.switch_to_deploy()
+        block.mlp_residual.tokens_per_block = 50  # several blocks of tokens, the last partial
+        out = block(x)
+    assert block.deploy and not hasattr(block, 'mlp')
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_switch_to_deploy_is_explicit_and_inference_only():
+    model = build(arch=dict(layers=[1, 1, 1, 1], embed_dims=[8, 16, 24, 32]))
+    x = torch.randn(1, 3, 64, 64)
+    names = {name for name, _ in model.named_modules()}
+    assert 'stages.0.0.mlp.fc1' in names and not any('residual' in n for n in names)
+    assert model.train().switch_to_deploy() is model and not model.training
+    with pytest.raises(RuntimeError, match='deploy form, which is for inference only'):
+        model(x)
+    with torch.no_grad():
+        assert len(model(x)) == 1
+    model.switch_to_deploy()  # idempotent

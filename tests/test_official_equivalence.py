@@ -30,16 +30,22 @@ def converted_classifier(official_fixture, tmp_path_factory):
     return convert(folder / 'official.pth', folder / 'converted.pth')
 
 
-@pytest.mark.parametrize('impl', ['auto', 'fft'])
+# 'deploy': the low-rank model after SPANet.switch_to_deploy() (fused inference form).
+IMPLS = ['auto', 'fft', 'deploy']
+
+
+@pytest.mark.parametrize('impl', IMPLS)
 def test_classifier_logits(official_fixture, converted_classifier, impl):
     """The converted file loads with `load_from` semantics into the shipped classifier config."""
     cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs/classification/spanet_s_in1k.py'))
-    cfg.model.backbone.update(arch=fixture_arch(official_fixture), spectral_impl=impl,
-                              init_cfg=None)
+    cfg.model.backbone.update(arch=fixture_arch(official_fixture),
+                              spectral_impl='auto' if impl == 'deploy' else impl, init_cfg=None)
     init_default_scope(cfg.default_scope)
     from mmpretrain.registry import MODELS
     model = MODELS.build(cfg.model).eval()
     load_checkpoint(model, str(converted_classifier), map_location='cpu', strict=True)
+    if impl == 'deploy':
+        model.backbone.switch_to_deploy()
     with torch.no_grad():
         logits = model(official_fixture['classification']['input'], mode='tensor')
     expected = official_fixture['classification']['logits']
@@ -55,7 +61,7 @@ def dense_official_checkpoint(fixture):
     return {'model': {f'backbone.{k}': v for k, v in state.items()}}
 
 
-@pytest.mark.parametrize('impl', ['auto', 'fft'])
+@pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
 def test_dense_features(official_fixture, tmp_path, impl, scope):
     """Converted weights load through `init_cfg=Pretrained` into the mmdet/mmseg backbone."""
@@ -65,10 +71,12 @@ def test_dense_features(official_fixture, tmp_path, impl, scope):
     registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
     backbone = registry.build(dict(
         type='SPANet', arch=fixture_arch(official_fixture), out_indices=(0, 1, 2, 3),
-        spectral_impl=impl,
+        spectral_impl='auto' if impl == 'deploy' else impl,
         init_cfg=dict(type='Pretrained', checkpoint=str(converted), prefix='backbone.')))
     backbone.init_weights()
     backbone.eval()
+    if impl == 'deploy':
+        assert backbone.switch_to_deploy() is backbone
     for name, case in official_fixture['dense']['cases'].items():
         with torch.no_grad():
             features = backbone(case['input'])

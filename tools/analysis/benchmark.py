@@ -5,7 +5,8 @@ PoolFormer-S24 (mmpretrain), in one process.
 Every model is timed in the same loop, one iteration of each in turn (interleaved, so a noisy
 machine slows all of them alike), and the median over ``--repeats`` rounds is reported.
 
-- forward: ``model.eval()`` under ``torch.no_grad()``.
+- forward: ``model.eval()`` under ``torch.no_grad()``. ``spanet-<arch>-deploy`` is the model
+  after :meth:`SPANet.switch_to_deploy` (forward modes only).
 - train: ``model.train()``, forward, ``sum(out.mean())`` backward and an AdamW step (gradients
   set to None first, so their allocation counts).
 - forward_bf16 / train_bf16: the same under bfloat16 autocast; the table then also gives the
@@ -59,7 +60,8 @@ MEMORY_MODES = ('forward', 'train', 'forward_bf16', 'train_bf16')
 def available_models() -> List[str]:
     names = []
     for arch in SPANET_ARCHS:
-        names += [f'spanet-{arch}', f'spanet-{arch}-lowrank', f'spanet-{arch}-fft']
+        names += [f'spanet-{arch}', f'spanet-{arch}-lowrank', f'spanet-{arch}-fft',
+                  f'spanet-{arch}-deploy']
     return names + ['convnext-t', 'poolformer-s24']
 
 
@@ -67,6 +69,8 @@ def build_model(name: str) -> torch.nn.Module:
     if name.startswith('spanet-'):
         from spanet_mm.models import SPANet
         parts = name.split('-')
+        if parts[2:] == ['deploy']:  # the fused inference form (forward modes only)
+            return SPANet(arch=parts[1]).switch_to_deploy()
         impl = parts[2] if len(parts) > 2 else 'auto'
         return SPANet(arch=parts[1], spectral_impl=impl)
     if name == 'convnext-t':
@@ -274,8 +278,10 @@ def main():
 
     runners = [Runner(name, args) for name in args.models]
     # The FFT reference is not a compile target (its cached filters break the graph).
+    # A deployed model is for inference: no training steps.
     steps = [(mode, runner) for mode in args.modes for runner in runners
-             if not (mode == 'forward_compile' and runner.name.endswith('-fft'))]
+             if not (mode == 'forward_compile' and runner.name.endswith('-fft'))
+             and not (mode.startswith('train') and runner.name.endswith('-deploy'))]
     device = runners[0].device
     times: Dict[str, Dict[str, List[float]]] = {m: {r.name: [] for r in runners}
                                                 for m in args.modes}

@@ -17,6 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...checkpoint import CheckpointMismatchError, CheckpointNotFoundError
 from ...registry import register_model
 from ..layers import SPECTRAL_IMPLS, SpectralPoolingMixer
+from ..layers.fused import FusedResidualConv1x1, FusedResidualMlp
 from ..layers.spam import is_channels_last, is_exporting
 
 #: Smallest input side: the stride-32 last stage must keep at least one pixel.
@@ -77,6 +78,7 @@ class SPANetBlock(BaseModule):
         self.norm2 = build_norm_layer(norm_cfg, dim)[1]
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), act_cfg)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.deploy = False
         if shortcut_scale:
             self.shortcut_scale1 = nn.Parameter(torch.ones(dim))
             self.shortcut_scale2 = nn.Parameter(torch.ones(dim))
@@ -95,9 +97,29 @@ class SPANetBlock(BaseModule):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.deploy:
+            return self._forward_deploy(x)
         if self.with_cp and torch.is_grad_enabled():
             return cp.checkpoint(self._forward, x, use_reentrant=False)
         return self._forward(x)
+
+    def _forward_deploy(self, x: Tensor) -> Tensor:
+        x = self.mixer_residual(self.token_mixer(self.norm1(x)), x)
+        return self.mlp_residual(self.norm2(x), x)
+
+    def switch_to_deploy(self) -> None:
+        """Inference form (see :meth:`SPANet.switch_to_deploy`): ``proj_out`` with the first
+        residual add, and the MLP with the second, become :mod:`..layers.fused` GEMMs that
+        accumulate onto the shortcut; the mixer fuses its ``pw_i`` once."""
+        if self.deploy:
+            return
+        self.token_mixer.switch_to_deploy()
+        self.mixer_residual = FusedResidualConv1x1(self.token_mixer.proj_out,
+                                                   self.shortcut_scale1)
+        self.token_mixer.proj_out = nn.Identity()  # applied by mixer_residual
+        self.mlp_residual = FusedResidualMlp(self.mlp, self.shortcut_scale2)
+        del self.mlp, self.drop_path, self.shortcut_scale1, self.shortcut_scale2
+        self.deploy = True
 
 
 @register_model
@@ -187,6 +209,7 @@ class SPANet(BaseModule):
             f'but got {frozen_stages!r}.'
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        self.deploy = False
         assert spectral_impl in SPECTRAL_IMPLS, \
             f'spectral_impl must be one of {SPECTRAL_IMPLS}, but got {spectral_impl!r}.'
 
@@ -293,8 +316,36 @@ class SPANet(BaseModule):
                 f'SPANet needs inputs of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} (stride 32), '
                 f'but got {x.shape[2]}x{x.shape[3]}; resize or pad the image.')
 
+    def switch_to_deploy(self) -> 'SPANet':
+        """Turns the model into its fused inference form, in place (irreversible).
+
+        In the manner of mmpretrain's RepVGG/MobileOne ``switch_to_deploy()``: the default
+        form runs every layer as a module in every mode (hooks, FLOP counters and training see
+        the same graph); this one trades that for fewer passes over memory on CPU, where the
+        stages run NHWC: in every block ``proj_out`` and the MLP's ``fc2`` become one GEMM each
+        that adds the (scaled) shortcut as its accumulator, and the MLP runs over blocks of
+        tokens so that its 4x wider hidden map stays in cache (:mod:`..layers.fused`); the
+        low-rank mixer fuses its ``pw_i`` weights once. The outputs are those of the default
+        form up to float summation order (``tests`` check 1e-5 relative). Inference only:
+        forward then refuses to run with gradients enabled, and the state dict has other keys
+        (load weights before the switch).
+
+        Returns:
+            SPANet: ``self``, in eval mode.
+        """
+        for stage in self.stages:
+            for block in stage:
+                block.switch_to_deploy()
+        self.deploy = True
+        return self.eval()
+
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         self._check_input(x)
+        if self.deploy and torch.is_grad_enabled():
+            raise RuntimeError(
+                'This SPANet was switched to its deploy form, which is for inference only: run '
+                'it under torch.no_grad() or torch.inference_mode(), or build a new model for '
+                'training.')
         # On CPU every 1x1 conv is a GEMM that oneDNN runs much faster on NHWC (channels_last)
         # maps than on NCHW ones, so the stages run NHWC; the outputs get the input's layout.
         out_format = torch.channels_last if is_channels_last(x) else torch.contiguous_format

@@ -135,6 +135,7 @@ class SpectralPoolingMixer(nn.Module):
         self.spectral_projs = nn.ModuleList(
             nn.Conv2d(size, dim, 1) for size in self.chunk_sizes)
         self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.deploy = False
         gains_far = [pass_gain(lam) for lam in self.lambdas]
         # Per input channel: the filter far from DC (1 - lambda), and the relative deviation
         # from it inside the circle and on it: (F - (1 - lambda)) / (1 - lambda).
@@ -160,8 +161,11 @@ class SpectralPoolingMixer(nn.Module):
     def fused_context_weights(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
         """The ``pw_i`` as one ``(C_out, C_in)`` matrix scaled by ``1 - lambda_i``, and its bias.
 
-        Differentiable with respect to the ``pw_i`` parameters.
+        Differentiable with respect to the ``pw_i`` parameters; after :meth:`switch_to_deploy`
+        the ones computed then.
         """
+        if self.deploy:
+            return (self.context_weight.to(dtype), self.context_bias.to(dtype))
         weight = torch.cat([proj.weight for proj in self.spectral_projs], dim=1).flatten(1)
         bias = self.spectral_projs[0].bias
         for proj in self.spectral_projs[1:]:
@@ -218,6 +222,18 @@ class SpectralPoolingMixer(nn.Module):
         x = self.dwconv_7x1(self.dwconv_1x7(x))
         ctx = self.context_fft(x) if self.spectral_impl == 'fft' else self.context_lowrank(x)
         return self.proj_out(x * ctx)
+
+    def switch_to_deploy(self) -> None:
+        """Inference form of the low-rank mixer: the ``pw_i`` weights, fused and scaled once
+        here instead of at every call, replace the ``pw_i`` convs (the FFT reference keeps
+        them). Irreversible; see :meth:`SPANet.switch_to_deploy`."""
+        if self.deploy or self.spectral_impl == 'fft':
+            return
+        weight, bias = self.fused_context_weights(torch.float32)
+        self.context_weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.context_bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        del self.spectral_projs
+        self.deploy = True
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj_in(x)

@@ -1,0 +1,105 @@
+# Copyright (c) spanet_mm contributors. All rights reserved.
+"""Fused inference layers of a deployed SPANet block (:meth:`SPANet.switch_to_deploy`).
+
+Each replaces "a 1x1 conv, then the residual add" by one GEMM on the ``(tokens, C)`` view of
+an NHWC (channels_last) map that adds the (scaled) shortcut as its accumulator, so the branch
+output is never written out and read back. :class:`FusedResidualMlp` also runs the MLP over
+blocks of tokens, so that its hidden map (``mlp_ratio`` times wider) stays in cache. Per
+element they compute what the modules they replace compute, up to float summation order.
+They are inference layers: no autograd through the ``out=`` GEMMs, no drop path. On NCHW maps
+(GPUs, export) and under autocast they run the plain conv and add.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .spam import is_channels_last
+
+
+def tokens_of(x: Tensor) -> Tensor:
+    """The ``(B*H*W, C)`` view of an NHWC map (no copy)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def map_of(tokens: Tensor, like: Tensor) -> Tensor:
+    """The NHWC map of ``tokens`` with ``like``'s shape."""
+    batch, channels, height, width = like.shape
+    return tokens.view(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
+def scaled_shortcut(tokens: Tensor, scale: Optional[Tensor], bias: Tensor) -> Tensor:
+    """``tokens * scale + bias`` (``tokens + bias`` without a scale), a new tensor: the GEMM's
+    accumulator, with the conv's bias in it."""
+    if scale is None:
+        return tokens + bias
+    return torch.addcmul(bias, tokens, scale)
+
+
+def fusable(x: Tensor, shortcut: Tensor) -> bool:
+    """Whether the fused GEMMs apply: NHWC maps of one dtype, outside autocast (whose casts
+    the ``out=`` GEMMs would not get)."""
+    return (is_channels_last(x) and is_channels_last(shortcut) and x.dtype == shortcut.dtype
+            and not torch.is_autocast_enabled(x.device.type))
+
+
+def frozen(tensor: Optional[Tensor]) -> Optional[nn.Parameter]:
+    return None if tensor is None else nn.Parameter(tensor.detach().clone(),
+                                                    requires_grad=False)
+
+
+class FusedResidualConv1x1(nn.Module):
+    """``shortcut * scale + conv1x1(x)`` as one GEMM (the deploy form of ``proj_out`` and the
+    token mixer's residual add)."""
+
+    def __init__(self, conv: nn.Conv2d, scale: Optional[Tensor]):
+        super().__init__()
+        self.weight_t = frozen(conv.weight.flatten(1).t().contiguous())  # (C_in, C_out)
+        self.bias = frozen(conv.bias)
+        self.scale = frozen(scale)
+
+    def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
+        if not fusable(x, shortcut):
+            scaled = shortcut if self.scale is None else shortcut * self.scale.view(-1, 1, 1)
+            return scaled + F.conv2d(x, self.weight_t.t()[..., None, None], self.bias)
+        base = scaled_shortcut(tokens_of(shortcut), self.scale, self.bias)
+        return map_of(base.addmm_(tokens_of(x), self.weight_t), shortcut)
+
+
+class FusedResidualMlp(nn.Module):
+    """``shortcut * scale + fc2(act(fc1(x)))`` over blocks of tokens, each ending in one GEMM
+    that accumulates onto the shortcut (the deploy form of the MLP and its residual add).
+
+    Args:
+        mlp (nn.Module): The block's MLP, with 1x1 convs ``fc1``, ``fc2`` and ``act``.
+        scale (Tensor, optional): The shortcut scale, or None.
+        tokens_per_block (int): Tokens per block. The hidden block then takes
+            ``tokens_per_block x hidden x 4`` bytes (4 MiB for 4096 tokens and 256 channels):
+            within the last-level cache, and large enough to keep the GEMMs efficient.
+    """
+
+    def __init__(self, mlp: nn.Module, scale: Optional[Tensor], tokens_per_block: int = 4096):
+        super().__init__()
+        self.weight1 = frozen(mlp.fc1.weight.flatten(1))  # (hidden, C)
+        self.bias1 = frozen(mlp.fc1.bias)
+        self.act = mlp.act
+        self.weight2_t = frozen(mlp.fc2.weight.flatten(1).t().contiguous())  # (hidden, C)
+        self.bias2 = frozen(mlp.fc2.bias)
+        self.scale = frozen(scale)
+        self.tokens_per_block = tokens_per_block
+
+    def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
+        if not fusable(x, shortcut):
+            scaled = shortcut if self.scale is None else shortcut * self.scale.view(-1, 1, 1)
+            hidden = self.act(F.conv2d(x, self.weight1[..., None, None], self.bias1))
+            return scaled + F.conv2d(hidden, self.weight2_t.t()[..., None, None], self.bias2)
+        inputs, residual = tokens_of(x), tokens_of(shortcut)
+        out = torch.empty_like(residual)
+        for start in range(0, inputs.shape[0], self.tokens_per_block):
+            end = start + self.tokens_per_block
+            hidden = self.act(F.linear(inputs[start:end], self.weight1, self.bias1))
+            base = scaled_shortcut(residual[start:end], self.scale, self.bias2)
+            torch.addmm(base, hidden, self.weight2_t, out=out[start:end])
+        return map_of(out, shortcut)
