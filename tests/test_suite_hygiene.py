@@ -125,3 +125,38 @@ def test_global_state_leaks_fail_and_are_restored(tmp_path):
             assert change in report, (who, change, report)
     # The tests after a leak see the state as it was (no failure); declaring it is no leak.
     assert re.search(r'\b7 passed, 5 errors\b', output), output[-4000:]
+
+
+FORKED_SCRIPT = r'''
+import os, sys, threading, atexit
+atexit.register(lambda: print('atexit ran'))
+threading.Thread(target=lambda: (__import__('time').sleep(0.2), print('thread joined'))).start()
+print(__name__, sys.argv[1:], os.getcwd(), os.environ.get('PROBE'), sys.path[0])
+sys.stdout.flush()
+if sys.argv[1] == 'exit':
+    sys.exit(int(sys.argv[2]))
+if sys.argv[1] == 'message':
+    sys.exit('a message')
+if sys.argv[1] == 'raise':
+    def inner():
+        raise ValueError('boom')
+    inner()
+'''
+
+
+@pytest.mark.parametrize('args', [['exit', '0'], ['exit', '3'], ['message'], ['raise']],
+                         ids=['exit-0', 'exit-3', 'exit-message', 'uncaught'])
+def test_run_python_is_what_python_does(tmp_path, args):
+    """A script forked by conftest.run_python (tests/data/python_forkserver.py) behaves as
+    ``python SCRIPT ARGS``: exit status, stdout and stderr (tracebacks included), argv, cwd,
+    environment, ``__name__``, ``sys.path[0]``, non-daemon threads joined, atexit run."""
+    from conftest import run_python
+    script = tmp_path / 'probe.py'
+    script.write_text(FORKED_SCRIPT)
+    env = dict(os.environ, PROBE='value')
+    expected = subprocess.run([sys.executable, str(script), *args], cwd='/', env=env,
+                              capture_output=True, text=True, timeout=60)
+    got = run_python(script, *args, cwd='/', env=env, timeout=60)
+    assert 'atexit ran' in expected.stdout and 'thread joined' in expected.stdout
+    assert (got.returncode, got.stdout, got.stderr) == \
+        (expected.returncode, expected.stdout, expected.stderr)

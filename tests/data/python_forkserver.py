@@ -131,7 +131,9 @@ def run_as_main(script: str) -> None:
         kind, exc, tb = sys.exc_info()
         while tb is not None and tb.tb_frame.f_code.co_filename != script:
             tb = tb.tb_next  # the frames of this server and runpy, which python has not
-        sys.excepthook(kind, exc, tb or exc.__traceback__)
+        if tb is not None:
+            exc.__traceback__ = tb  # the hook prints the exception's own traceback
+        sys.excepthook(kind, exc, exc.__traceback__)
         code = 1
     threading._shutdown()
     atexit._run_exitfuncs()

@@ -1,4 +1,4 @@
-"""Test-only: a slow disk for the checkpoint-write kill test (tests/test_reliability_resume.py).
+"""Test-only: a slow disk for the checkpoint-write kill test (tests/test_engine/test_hooks_exact_resume.py).
 
 Imported by a test config through ``custom_imports`` after ``spanet_mm``. It registers, as
 mmengine's local backend, spanet_mm's own atomic backend with a slow ``write_data``: for a

@@ -108,7 +108,7 @@ def count(model: nn.Module, backbone: nn.Module, is_classifier: bool, shape) -> 
             handles.append(module.register_forward_hook(mixer_hook))
     model.eval()
     x = torch.zeros(1, 3, *shape)
-    # Every submodule runs as a module in every mode (tests/test_models_mixer_modes.py).
+    # Every submodule runs as a module in every mode (tests/test_models/test_layers/test_spam_modes.py).
     with torch.no_grad():
         if is_classifier:
             model(x, mode='tensor')

@@ -1,7 +1,7 @@
 # The official SPANet ImageNet-1k recipe (DoranLyong/SPANet-official: timm's train.py with its
 # defaults and scripts/spanet/train_spanet_*.sh), on mmpretrain's bases. The leaf configs
 # spanet_{s,m,mx,b,bx}_in1k.py pick the arch, its drop path and its eval crop.
-# tests/data/official_recipes.yml records the official values; tests/test_recipes.py checks
+# tests/data/official_recipes.yml records the official values; tests/test_configs/test_recipes.py checks
 # the merged configs against it.
 #
 # - Batch: 1024 in all. The official runs: 4 GPUs x 128 x 2 gradient-accumulation steps (S),

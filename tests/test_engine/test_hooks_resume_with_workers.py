@@ -1,6 +1,6 @@
 """Exact resume with dataloader workers: for each task (classification, detection,
 segmentation), ``tools/train.py`` with ``num_workers=2`` and persistent workers (the upstream
-dense bases' setting; restarted workers: tests/test_reliability_resume.py, in-process) is run
+dense bases' setting; restarted workers: tests/test_engine/test_hooks_exact_resume.py, in-process) is run
 uninterrupted;
 a second process resumes from the uninterrupted run's first checkpoint (exactly the file a run
 stopped there would have left) and must end with weights ``torch.equal`` to the uninterrupted

@@ -1,11 +1,11 @@
 """Bad input gives one clear error naming the problem and the fix (non-zero exit for tools).
 
 Cases covered elsewhere (not repeated here):
-- unknown arch, incomplete arch dict: tests/test_backbone.py::test_arch_validation
-- out-of-range out_indices: tests/test_backbone.py::test_bad_out_indices
-- out-of-range frozen_stages: tests/test_backbone.py::test_bad_frozen_stages
-- input not 4-D, wrong channel count, below minimum size: tests/test_backbone.py::test_bad_input
-- truncated / corrupt file through the loader: tests/test_checkpoint_loading.py
+- unknown arch, incomplete arch dict: tests/test_models/test_backbones/test_spanet.py::test_arch_validation
+- out-of-range out_indices: tests/test_models/test_backbones/test_spanet.py::test_bad_out_indices
+- out-of-range frozen_stages: tests/test_models/test_backbones/test_spanet.py::test_bad_frozen_stages
+- input not 4-D, wrong channel count, below minimum size: tests/test_models/test_backbones/test_spanet.py::test_bad_input
+- truncated / corrupt file through the loader: tests/test_checkpoint.py
   (test_truncated_checkpoint), through the converter: tests/test_conversion.py
 """
 import json

@@ -6,8 +6,8 @@ A gloo group that has served DDP keeps its threads after ``destroy_process_group
 short real two-process runs (gloo group, DDP, three steps), each ended by
 :func:`spanet_mm.engine.dist.finish_distributed` as ``tools/train.py``/``tools/test.py`` end;
 a launch costs a fraction of a second, so enough of them run to catch a 10% failure rate
-(40 launches: 0.9^40 < 2%). The full tools run as two processes in test_reliability_dist.py
-and test_tasks_tools.py.
+(40 launches: 0.9^40 < 2%). The full tools run as two processes in tests/test_tools/test_dist_train.py
+and tests/test_tools/test_train_test.py.
 """
 import json
 import os.path as osp

@@ -23,7 +23,7 @@ import spanet_mm  # noqa: F401
 from conftest import REPO_ROOT, run_python
 
 CONFIG_DIR = osp.join(REPO_ROOT, 'configs')
-with open(osp.join(osp.dirname(__file__), 'data', 'official_recipes.yml')) as f:
+with open(osp.join(REPO_ROOT, 'tests', 'data', 'official_recipes.yml')) as f:
     RECORD = yaml.safe_load(f)
 IMAGENET, INIT, DENSE = RECORD['imagenet'], RECORD['init'], RECORD['dense_init']
 COCO, ADE = RECORD['coco'], RECORD['ade20k']

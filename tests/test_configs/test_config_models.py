@@ -4,30 +4,23 @@ import os.path as osp
 
 import pytest
 import torch
-from mmengine.config import Config
-from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 
-import spanet_mm  # noqa: F401
+from conftest import REPO_ROOT
+from spanet_mm.apis import init_model
 
 TINY_ARCH = dict(_delete_=True, layers=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128])
-CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
+CONFIG_DIR = osp.join(REPO_ROOT, 'configs')
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def build(rel_path, **options):
-    from mmengine.registry import MODELS
-    cfg = Config.fromfile(osp.join(CONFIG_DIR, rel_path))
-    cfg.merge_from_dict({'model.backbone.init_cfg': None, **options})
-    init_default_scope(cfg.default_scope)
-    if cfg.get('data_preprocessor') and 'data_preprocessor' not in cfg.model:
-        cfg.model.data_preprocessor = cfg.data_preprocessor
+    """The config's model (``init_model``), from scratch, with a fixed seed."""
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    return model
+    return init_model(osp.join(CONFIG_DIR, rel_path),
+                      cfg_options={'model.backbone.init_cfg': None, **options})
 
 
 def loss_step(model, packed):

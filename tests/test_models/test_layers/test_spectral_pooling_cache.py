@@ -6,18 +6,17 @@ dtype or device, and (b) stay within its byte budget for any sequence of sizes.
 """
 import json
 import os
-import os.path as osp
 import subprocess
 import sys
 
 import pytest
+
 import torch
 
 from spanet_mm.models.layers import spectral_basis, spectral_filter
 from spanet_mm.models.layers.spectral_pooling import (SPECTRAL_CACHE, SPECTRAL_LAMBDAS,
                                                       TensorCache, spectral_pool_fft)
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CPU = torch.device('cpu')
 
 

@@ -248,7 +248,7 @@ def _random_scales(model):
 def test_deployed_block_computes_the_block(channels_last):
     """A deployed block (fused GEMMs on NHWC maps; plain convs on NCHW) against the block's
     own modules, with shortcut scales. (The whole deployed model against the official
-    outputs: tests/test_official_equivalence.py.)"""
+    outputs: tests/test_models/test_backbones/test_spanet_official_outputs.py.)"""
     torch.manual_seed(0)
     block = _random_scales(SPANetBlock(24, radius=1, shortcut_scale=True)).eval()
     x = torch.randn(2, 24, 13, 9)

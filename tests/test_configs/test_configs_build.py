@@ -9,13 +9,14 @@ import glob
 import os.path as osp
 
 import pytest
+
+from conftest import REPO_ROOT
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import spanet_mm  # noqa: F401
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(REPO_ROOT, 'configs')
 SCOPE_OF_TASK = {'classification': 'mmpretrain', 'detection': 'mmdet', 'segmentation': 'mmseg'}
 TINY_ARCH = dict(layers=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128])

@@ -12,11 +12,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_python
+from conftest import REPO_ROOT, run_python
 
 pytestmark = pytest.mark.slow  # the tools end to end, as subprocesses
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(REPO_ROOT, 'tools')
 CONFIGS = osp.join(REPO_ROOT, 'configs')
 PYTHON = sys.executable

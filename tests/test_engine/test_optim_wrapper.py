@@ -3,9 +3,16 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from conftest import REPO_ROOT
+from spanet_mm.apis import init_model
 from spanet_mm.engine import CPUAmpOptimWrapper
 from spanet_mm.engine.launch import enable_amp
-from test_tasks_models import build
+
+
+def build(rel_path):
+    torch.manual_seed(0)
+    return init_model(f'{REPO_ROOT}/configs/{rel_path}',
+                      cfg_options={'model.backbone.init_cfg': None})
 
 
 def amp_train_step(model, packed):
