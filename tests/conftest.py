@@ -40,6 +40,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def saved_bytes(fn):
+    """Bytes of the tensors autograd saves for backward while ``fn()`` runs (parameters
+    excluded), and ``fn``'s result."""
+    total = [0]
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return total[0], out
+
+
 class FileCreatingPayload:
     """Pickles into a call that creates ``path`` if it is ever unpickled (a malicious file)."""
 

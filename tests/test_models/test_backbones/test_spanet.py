@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import saved_bytes
 from spanet_mm import SPANet
 from spanet_mm.models.backbones.spanet import SPANetBlock
 
@@ -173,21 +174,6 @@ def test_output_does_not_depend_on_sizes_seen_before(impl):
         assert torch.equal(a, b)
 
 
-def _saved_bytes(fn):
-    """Bytes autograd saves for backward (parameters excluded) while ``fn()`` runs, and its
-    result."""
-    total = [0]
-
-    def pack(t):
-        if not isinstance(t, nn.Parameter):
-            total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return total[0], out
-
-
 def test_with_cp_keeps_only_block_inputs_and_matches_plain():
     """with_cp: the blocks keep (nearly) nothing for backward but their inputs, far less than
     without (a with_cp that is ignored fails here), with the plain forward's outputs and
@@ -197,8 +183,8 @@ def test_with_cp_keeps_only_block_inputs_and_matches_plain():
     ckpt = build(with_cp=True).train()
     ckpt.load_state_dict(plain.state_dict())
     x = torch.rand(2, 3, 64, 64)
-    plain_bytes, out_plain = _saved_bytes(lambda: plain(x)[0])
-    ckpt_bytes, out_ckpt = _saved_bytes(lambda: ckpt(x)[0])
+    plain_bytes, out_plain = saved_bytes(lambda: plain(x)[0])
+    ckpt_bytes, out_ckpt = saved_bytes(lambda: ckpt(x)[0])
     # Each checkpointed block saves its input once; outside the blocks the stem, the next
     # downsampling conv and the output norm save theirs (and the norm its statistics).
     stage_maps = sum((depth + 1) * 2 * 4 * dim * (64 // 2**(i + 2))**2

@@ -8,6 +8,7 @@ the forward code.
 import pytest
 import torch
 
+from conftest import saved_bytes
 from spanet_mm.models import SPANet
 from spanet_mm.models.layers import SpectralPoolingMixer
 
@@ -110,21 +111,6 @@ def test_no_grad_eval_matches_training_forward(impl):
         for a, b in zip(run_mode(model, x.clone(), mode), ref):
             torch.testing.assert_close(a.detach(), b, atol=1e-5, rtol=1e-5, msg=mode)
     del model.cpu_channels_last
-
-
-def saved_bytes(fn):
-    """Bytes of the tensors autograd saves for backward while ``fn()`` runs (parameters
-    excluded), and ``fn``'s result."""
-    total = [0]
-
-    def pack(t):
-        if not isinstance(t, torch.nn.Parameter):
-            total[0] += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    return total[0], out
 
 
 @pytest.mark.parametrize('autocast', [False, True], ids=['fp32', 'bf16'])

@@ -9,13 +9,14 @@ from spanet_mm.models.layers import SPECTRAL_LAMBDAS, SpectralPoolingMixer, spec
 from spanet_mm.models.layers.spectral_pooling import fourier_modes
 
 SMALL_ARCH = dict(layers=[1, 1, 1, 1], embed_dims=[16, 24, 32, 40])
-#: bf16 keeps 8 significant bits; the stage outputs (GroupNorm-ed, order 1) stay within this
-#: fraction of their largest magnitude from float32.
-BF16_RTOL = 0.1
+#: bf16 keeps 8 significant bits: the outputs stay within 2% of float32 in relative norm
+#: (the issue's bound for bf16 autocast; SPANet-S at 224 measures 1.2%, docs/benchmark.md).
+BF16_RTOL = 0.02
 
 
 def rel_err(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+    """``||a - b|| / ||b||``, as tools/analysis/benchmark.py reports it."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 @pytest.mark.parametrize('impl', ['auto', 'fft'])
