@@ -135,6 +135,19 @@ def _no_global_state_leak(request):
     check_global_state(before, request.node.nodeid)
 
 
+@pytest.fixture(autouse=True)
+def _default_scope_restored():
+    """mmengine's current default scope is process-wide: tests set it (``init_default_scope``,
+    as upstream's tests do) and a later test would build from the wrong registry (a
+    classifier pipeline looked up in mmdet's). Put back after every test, so that no test
+    depends on the ones before it."""
+    from mmengine.registry import DefaultScope
+    before = DefaultScope._instance_dict.copy()
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(before)
+
+
 @pytest.fixture
 def restored_global_state():
     """For a test that changes global state by design (e.g. an in-process Runner with
