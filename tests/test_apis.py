@@ -15,6 +15,7 @@ DEMOS = {
 }
 
 
+@pytest.mark.slow  # full-size models of each task
 @pytest.mark.parametrize('scope', sorted(DEMOS))
 def test_init_model_builds_and_loads(scope, tmp_path, one_thread):
     config = osp.join(REPO_ROOT, 'configs', DEMOS[scope])

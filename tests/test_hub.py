@@ -151,6 +151,7 @@ def photo_size():
         return image.height, image.width
 
 
+@pytest.mark.slow  # full-size models on a photograph
 def test_classification_page_runs(workspace):
     """list_models, inference_model and get_model with the converted-checkpoint path."""
     from mmpretrain import get_model
@@ -172,6 +173,7 @@ def test_classification_page_runs(workspace):
     assert namespace['feats'][0].shape == (1, 512, 7, 7)
 
 
+@pytest.mark.slow  # full-size models on a photograph
 def test_detection_page_runs(workspace):
     """DetInferencer(model=CONFIG, weights=PATH) on a photograph."""
     model = build_from_config('configs/detection/retinanet_spanet_s_1x.py')
@@ -199,6 +201,7 @@ def test_detection_page_runs(workspace):
     assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
 
 
+@pytest.mark.slow  # full-size models on a photograph
 def test_segmentation_page_runs(workspace):
     """MMSegInferencer(model=CONFIG, weights=PATH) on a photograph."""
     model = build_from_config('configs/segmentation/fpn_spanet_s_80k.py')

@@ -75,6 +75,7 @@ def test_detection_loss_and_predict(rel_path, options):
                 assert tuple(pred.masks.shape[1:]) == tuple(sample.ori_shape) == shape
 
 
+@pytest.mark.slow  # mmseg models at the config image size
 def test_segmentation_loss_and_predict():
     from mmseg.structures import SegDataSample
     model = build('segmentation/demo/fpn_spanet_demo.py')

@@ -278,6 +278,7 @@ def test_epoch_based_resume_with_workers(tmp_path, persistent, restore_determini
     assert max_difference(resumed.model.state_dict(), expected) == 0
 
 
+@pytest.mark.slow  # in-process Runners with dataloader workers
 def test_persistent_workers_without_epoch_seeding_refuse_to_resume(tmp_path,
                                                                  restore_determinism):
     """With mmengine's worker seeding kept, persistent workers in an epoch-based loop cannot
@@ -324,6 +325,7 @@ def full_disk_at_epoch_2():
     backend_instances.update(saved[2])
 
 
+@pytest.mark.slow  # in-process Runners training
 @pytest.mark.parametrize('max_keep_ckpts', [1, -1])
 def test_failed_checkpoint_write_keeps_the_last_complete_one(tmp_path, max_keep_ckpts,
                                                             full_disk_at_epoch_2,

@@ -39,6 +39,7 @@ def test_detection_with_mmcv_ops():
     assert set(amp_train_step(model, packed)) == {torch.bfloat16}
 
 
+@pytest.mark.slow  # a bf16 training step of a segmentor
 def test_segmentation():
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample

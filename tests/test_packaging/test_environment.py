@@ -8,9 +8,12 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_spanet_mm_is_this_checkout_from_any_directory():
     where = subprocess.run(
         [sys.executable, '-c', 'import os, spanet_mm; '

@@ -34,6 +34,7 @@ def png_is_non_trivial(path, min_side=200):
     return len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20
 
 
+@pytest.mark.slow  # the tool end to end, as a process
 def test_plot_spectral_response(tmp_path):
     # A checkpoint of the demo classifier, as tools/train.py would write it.
     from mmengine.config import Config

@@ -138,6 +138,7 @@ def test_peak_memory_bounded_over_300_coco_sizes():
     assert report['end'] - report['warm'] <= 100, report
 
 
+@pytest.mark.slow  # the bases of 1200 stage sizes
 def test_cache_in_process_stays_within_budget():
     """The process-wide cache, fed the stage sizes of 300 COCO-like inputs: within budget."""
     SPECTRAL_CACHE.clear()
