@@ -135,17 +135,38 @@ def _no_global_state_leak(request):
     check_global_state(before, request.node.nodeid)
 
 
+def _default_scopes() -> dict:
+    from mmengine.registry import DefaultScope
+    return DefaultScope._instance_dict.copy()
+
+
+def _restore_default_scopes(scopes: dict) -> None:
+    from mmengine.registry import DefaultScope
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(scopes)
+
+
+@pytest.fixture(scope='session')
+def _default_scopes_at_start():
+    return _default_scopes()
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _default_scope_restored_per_module(_default_scopes_at_start):
+    """mmengine's current default scope is process-wide: tests and module fixtures set it
+    (``init_default_scope`` and every Runner, as in upstream's tests), and a later test would
+    build from the wrong registry (a classifier pipeline looked up in mmdet's or mmengine's).
+    Put back to what it was when the session started after every module, and after every
+    test to what it was before it (below), so that no test depends on the ones before it."""
+    yield
+    _restore_default_scopes(_default_scopes_at_start)
+
+
 @pytest.fixture(autouse=True)
 def _default_scope_restored():
-    """mmengine's current default scope is process-wide: tests set it (``init_default_scope``,
-    as upstream's tests do) and a later test would build from the wrong registry (a
-    classifier pipeline looked up in mmdet's). Put back after every test, so that no test
-    depends on the ones before it."""
-    from mmengine.registry import DefaultScope
-    before = DefaultScope._instance_dict.copy()
+    before = _default_scopes()
     yield
-    DefaultScope._instance_dict.clear()
-    DefaultScope._instance_dict.update(before)
+    _restore_default_scopes(before)
 
 
 @pytest.fixture
