@@ -45,6 +45,7 @@ def test_list_models_finds_the_five_imagenet_models():
     assert list_models('spanet', task='Image Classification') == names
 
 
+@pytest.mark.slow  # the five full-size classifiers
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_get_model_builds_each(variant):
     from mmpretrain import get_model

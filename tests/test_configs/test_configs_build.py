@@ -82,6 +82,7 @@ def test_config_carries_the_run_policy(rel_path):
         assert type(HOOKS.build(dict(hook))).__name__ == hook['type']
 
 
+@pytest.mark.slow  # the full-size model of every config
 @pytest.mark.parametrize('rel_path', ALL_CONFIGS)
 def test_config_builds_under_its_scope(rel_path):
     cfg = load(rel_path, **{'model.backbone.init_cfg': None})

@@ -407,6 +407,7 @@ def converted_checkpoint(official_fixture, tmp_path_factory):
 DENSE_CONFIGS = sorted(DET_CONFIGS.values()) + sorted(SEG_CONFIGS.values())
 
 
+@pytest.mark.slow  # full-size dense models
 @pytest.mark.parametrize('rel_path', DENSE_CONFIGS)
 def test_dense_init_loads_stages_and_starts_output_norms_new(rel_path, converted_checkpoint):
     path, arch = converted_checkpoint

@@ -36,6 +36,7 @@ def export(argv):
     return run_export(parse_args(argv))
 
 
+@pytest.mark.slow  # ONNX export and onnxruntime end to end
 @pytest.mark.parametrize('dynamic', [False, True])
 def test_export_classifier(tmp_path, dynamic):
     import onnx

@@ -101,6 +101,7 @@ def test_backbone_lowrank_matches_fft(size):
             assert_same(a, b, 1e-4, 'eval output')
 
 
+@pytest.mark.slow  # full-size SPANet-S
 def test_spanet_s_224_lowrank_matches_fft():
     """The real SPANet-S at 224x224 (forward and input gradient, one image)."""
     torch.manual_seed(0)
