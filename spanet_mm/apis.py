@@ -9,6 +9,7 @@ from mmengine.registry import MODELS, DefaultScope
 from mmengine.runner.checkpoint import _load_checkpoint
 
 from .checkpoint import check_state_dict
+from .errors import UserError
 
 
 def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
@@ -62,3 +63,16 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
             model.dataset_meta = dataset_meta
     model.cfg = cfg
     return model.to(device).eval()
+
+
+class NotSPANetError(UserError, ValueError):
+    """A config whose model has no SPANet backbone, given to a SPANet tool."""
+
+
+def spanet_backbone(model: nn.Module, config: Union[str, Config]) -> nn.Module:
+    """``model.backbone``, which must be a SPANet (the analysis and export tools' input)."""
+    backbone = getattr(model, 'backbone', None)
+    if type(backbone).__name__ != 'SPANet':
+        name = config if isinstance(config, str) else getattr(config, 'filename', 'the config')
+        raise NotSPANetError(f'{name}: the backbone is {type(backbone).__name__}, not SPANet.')
+    return backbone

@@ -39,3 +39,19 @@ def test_init_model_refuses_a_checkpoint_of_another_arch(tmp_path):
     torch.save(dict(state_dict=state), tmp_path / 'short.pth')
     with pytest.raises(CheckpointMismatchError, match='short.pth does not fit the model'):
         init_model(config, str(tmp_path / 'short.pth'))
+
+
+def test_spanet_tools_refuse_another_backbone(tmp_path):
+    """The analysis and export tools name a config whose backbone is not SPANet."""
+    from spanet_mm.apis import NotSPANetError, spanet_backbone
+    from spanet_mm.errors import UserError
+    config = tmp_path / 'resnet.py'
+    config.write_text(f"_base_ = '{REPO_ROOT}/configs/{DEMOS['mmpretrain']}'\n"
+                      "model = dict(backbone=dict(_delete_=True, type='ResNet', depth=18),\n"
+                      "             head=dict(in_channels=512))\n")
+    model = init_model(str(config))
+    with pytest.raises(NotSPANetError, match=r'resnet\.py: the backbone is ResNet, not SPANet'):
+        spanet_backbone(model, str(config))
+    assert issubclass(NotSPANetError, UserError)
+    demo = init_model(osp.join(REPO_ROOT, 'configs', DEMOS['mmpretrain']))
+    assert spanet_backbone(demo, DEMOS['mmpretrain']) is demo.backbone

@@ -35,8 +35,9 @@ def preload() -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     assert 'spanet_mm' not in sys.modules, 'the scripts must import spanet_mm themselves'
-    # Forking is safe only while no other thread exists (torch's OpenMP pool starts on the
-    # first parallel op, which nothing here runs).
+    # Forking is safe only while no other thread exists: torch's OpenMP pool starts on the
+    # first parallel op, which nothing here runs, and the client starts this server with
+    # OMP_NUM_THREADS=1 so that numpy's BLAS starts no threads of its own when imported.
     threads = len(os.listdir('/proc/self/task'))
     assert threads == 1, f'{threads} threads after the imports: forking would be unsafe'
 

@@ -25,7 +25,7 @@ machine slows all of them alike), and the median over ``--repeats`` rounds is re
 Examples::
 
     python tools/analysis/benchmark.py --threads 2 --repeats 7 --json work_dirs/bench.json
-    # the issue #11 targets in one run: eager, compiled, bf16 forward and the training step
+    # every mode in one run: eager, compiled and bf16 forward, the fp32 and bf16 training step
     python tools/analysis/benchmark.py --models spanet-s spanet-s-fft convnext-t --threads 2 \
         --modes forward train forward_bf16 train_bf16 --compile --json work_dirs/bench.json
 """

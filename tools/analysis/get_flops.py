@@ -57,13 +57,11 @@ def build(config: str):
     Classification configs count the classifier (backbone, neck, head), the others the
     backbone. Built by :func:`spanet_mm.apis.init_model`, without pretrained weights.
     """
-    from spanet_mm.apis import init_model
+    from spanet_mm.apis import init_model, spanet_backbone
 
     model = init_model(config, cfg_options={'model.backbone.spectral_impl': 'fft',
                                             'model.backbone.init_cfg': None})
-    backbone = getattr(model, 'backbone', None)
-    if type(backbone).__name__ != 'SPANet':
-        raise ValueError(f'{config}: the backbone is {type(backbone).__name__}, not SPANet.')
+    backbone = spanet_backbone(model, config)
     if type(model).__name__ == 'ImageClassifier':
         return model, backbone, True
     return backbone, backbone, False
@@ -177,4 +175,5 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    from spanet_mm.engine.launch import run_tool
+    run_tool(main)

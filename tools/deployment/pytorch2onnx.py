@@ -71,12 +71,10 @@ class Classifier(nn.Module):
 def build_model(config: str, checkpoint: str) -> Tuple[nn.Module, List[str]]:
     """``(exported module, output names)``: the config's model with every tensor from
     ``checkpoint`` (:func:`spanet_mm.apis.init_model` with ``strict=True``)."""
-    from spanet_mm.apis import init_model
+    from spanet_mm.apis import init_model, spanet_backbone
 
     model = init_model(config, checkpoint, strict=True)
-    backbone = getattr(model, 'backbone', None)
-    if type(backbone).__name__ != 'SPANet':
-        raise ExportError(f'{config}: the backbone is {type(backbone).__name__}, not SPANet.')
+    backbone = spanet_backbone(model, config)
     if type(model).__name__ == 'ImageClassifier':
         return Classifier(model), ['logits']
     return backbone, [f'feat{i}' for i in backbone.out_indices]

@@ -23,8 +23,9 @@ class CheckpointCheckHook(Hook):
     """Checks every checkpoint the Runner loads against the model.
 
     Raises :class:`~spanet_mm.checkpoint.CheckpointMismatchError` when a backbone tensor is
-    missing, has another shape or has no counterpart in the model (SPANet's output norms ``backbone.norm<i>`` may
-    be missing: they start as identity), or when no tensor of the model is in the checkpoint.
+    missing, has another shape or has no counterpart in the model (SPANet's output norms
+    ``backbone.norm<i>`` may be missing: they start as identity), or when no tensor of the
+    model is in the checkpoint.
     Other missing or mismatched tensors (e.g. a classification head with another number of
     classes when fine-tuning) are logged as a warning.
 

@@ -56,16 +56,17 @@ class FusedResidualConv1x1(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, scale: Optional[Tensor]):
         super().__init__()
-        self.weight_t = frozen(conv.weight.flatten(1).t().contiguous())  # (C_in, C_out)
+        self.weight = frozen(conv.weight)  # the conv's (C_out, C_in, 1, 1)
         self.bias = frozen(conv.bias)
         self.scale = frozen(scale)
 
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
         if not fusable(x, shortcut):
             scaled = shortcut if self.scale is None else shortcut * self.scale.view(-1, 1, 1)
-            return scaled + F.conv2d(x, self.weight_t.t()[..., None, None], self.bias)
+            return scaled + F.conv2d(x, self.weight, self.bias)
         base = scaled_shortcut(tokens_of(shortcut), self.scale, self.bias)
-        return map_of(base.addmm_(tokens_of(x), self.weight_t), shortcut)
+        # The GEMM reads the transposed view as it is (no copy).
+        return map_of(base.addmm_(tokens_of(x), self.weight.flatten(1).t()), shortcut)
 
 
 class FusedResidualMlp(nn.Module):
@@ -82,24 +83,24 @@ class FusedResidualMlp(nn.Module):
 
     def __init__(self, mlp: nn.Module, scale: Optional[Tensor], tokens_per_block: int = 4096):
         super().__init__()
-        self.weight1 = frozen(mlp.fc1.weight.flatten(1))  # (hidden, C)
-        self.bias1 = frozen(mlp.fc1.bias)
+        # The convs' own (C_out, C_in, 1, 1) weights.
+        self.weight1, self.bias1 = frozen(mlp.fc1.weight), frozen(mlp.fc1.bias)
         self.act = mlp.act
-        self.weight2_t = frozen(mlp.fc2.weight.flatten(1).t().contiguous())  # (hidden, C)
-        self.bias2 = frozen(mlp.fc2.bias)
+        self.weight2, self.bias2 = frozen(mlp.fc2.weight), frozen(mlp.fc2.bias)
         self.scale = frozen(scale)
         self.tokens_per_block = tokens_per_block
 
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
         if not fusable(x, shortcut):
             scaled = shortcut if self.scale is None else shortcut * self.scale.view(-1, 1, 1)
-            hidden = self.act(F.conv2d(x, self.weight1[..., None, None], self.bias1))
-            return scaled + F.conv2d(hidden, self.weight2_t.t()[..., None, None], self.bias2)
+            hidden = self.act(F.conv2d(x, self.weight1, self.bias1))
+            return scaled + F.conv2d(hidden, self.weight2, self.bias2)
         inputs, residual = tokens_of(x), tokens_of(shortcut)
+        weight1, weight2_t = self.weight1.flatten(1), self.weight2.flatten(1).t()  # views
         out = torch.empty_like(residual)
         for start in range(0, inputs.shape[0], self.tokens_per_block):
             end = start + self.tokens_per_block
-            hidden = self.act(F.linear(inputs[start:end], self.weight1, self.bias1))
+            hidden = self.act(F.linear(inputs[start:end], weight1, self.bias1))
             base = scaled_shortcut(residual[start:end], self.scale, self.bias2)
-            torch.addmm(base, hidden, self.weight2_t, out=out[start:end])
+            torch.addmm(base, hidden, weight2_t, out=out[start:end])
         return map_of(out, shortcut)
