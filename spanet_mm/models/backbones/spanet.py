@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import CheckpointMismatchError, CheckpointNotFoundError
 from ...registry import register_model
-from ..layers import SPECTRAL_IMPLS, SpectralPoolingMixer
+from ..layers import SPECTRAL_IMPLS, AutocastConv2d, SpectralPoolingMixer
 from ..layers.fused import FusedResidualConv1x1, FusedResidualMlp
 from ..layers.spam import is_channels_last, is_exporting
 
@@ -29,9 +29,9 @@ class ConvMlp(nn.Module):
 
     def __init__(self, in_channels: int, hidden_channels: int, act_cfg: dict):
         super().__init__()
-        self.fc1 = nn.Conv2d(in_channels, hidden_channels, 1)
+        self.fc1 = AutocastConv2d(in_channels, hidden_channels, 1)
         self.act = build_activation_layer(act_cfg)
-        self.fc2 = nn.Conv2d(hidden_channels, in_channels, 1)
+        self.fc2 = AutocastConv2d(hidden_channels, in_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -215,10 +215,11 @@ class SPANet(BaseModule):
 
         # Stem (index 0) and the stride-2 downsampling convs that open stages 1..n-1.
         self.downsample_layers = nn.ModuleList(
-            [nn.Conv2d(in_channels, embed_dims[0], kernel_size=7, stride=4, padding=2)])
+            [AutocastConv2d(in_channels, embed_dims[0], kernel_size=7, stride=4, padding=2)])
         for i in range(1, self.num_stages):
             self.downsample_layers.append(
-                nn.Conv2d(embed_dims[i - 1], embed_dims[i], kernel_size=3, stride=2, padding=1))
+                AutocastConv2d(
+                    embed_dims[i - 1], embed_dims[i], kernel_size=3, stride=2, padding=1))
 
         drop_path_rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
         self.stages = nn.ModuleList()

@@ -1,8 +1,9 @@
+from .precision import AutocastConv2d
 from .spam import SPECTRAL_IMPLS, SpectralPoolingMixer
 from .spectral_pooling import (SPECTRAL_LAMBDAS, spectral_basis, spectral_filter,
                                spectral_pool_fft)
 
 __all__ = [
-    'SPECTRAL_IMPLS', 'SPECTRAL_LAMBDAS', 'SpectralPoolingMixer', 'spectral_basis',
+    'AutocastConv2d', 'SPECTRAL_IMPLS', 'SPECTRAL_LAMBDAS', 'SpectralPoolingMixer', 'spectral_basis',
     'spectral_filter', 'spectral_pool_fft'
 ]

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .precision import float32_kernels_under_emulated_autocast
 from .spam import is_channels_last
 
 
@@ -60,6 +61,7 @@ class FusedResidualConv1x1(nn.Module):
         self.bias = frozen(conv.bias)
         self.scale = frozen(scale)
 
+    @float32_kernels_under_emulated_autocast
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
         if not fusable(x, shortcut):
             scaled = shortcut if self.scale is None else shortcut * self.scale.view(-1, 1, 1)
@@ -90,6 +92,7 @@ class FusedResidualMlp(nn.Module):
         self.scale = frozen(scale)
         self.tokens_per_block = tokens_per_block
 
+    @float32_kernels_under_emulated_autocast
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
         if not fusable(x, shortcut):
             scaled = shortcut if self.scale is None else shortcut * self.scale.view(-1, 1, 1)

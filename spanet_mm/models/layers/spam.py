@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor
 
+from .precision import AutocastConv2d, float32_kernels_under_emulated_autocast
 from .spectral_pooling import (BOUNDARY_GAIN, SPECTRAL_LAMBDAS, chunk_sizes, fourier_modes,
                                pass_gain, spectral_basis, spectral_pool_fft)
 
@@ -54,29 +55,6 @@ def expand_add(base: Tensor, coeffs: Tensor, basis: Tensor) -> Tensor:
     out = torch.baddbmm(base.reshape(batch, channels, height * width), coeffs,
                         basis.expand(batch, num_modes, height * width))
     return out.view(batch, channels, height, width)
-
-
-class DepthwiseConv2d(nn.Conv2d):
-    """A depthwise ``nn.Conv2d`` that runs in float32 under CPU autocast on CPUs without
-    bfloat16 kernels.
-
-    There, autocast's bfloat16 depthwise convolution falls back to a loop over the channels
-    (``_slow_conv2d_forward`` once per group), 30-50x slower than the float32 kernel; the
-    float32 result is also the more precise one. Where oneDNN has bfloat16 kernels (AVX512-BF16,
-    AMX), on GPUs and outside autocast this is a plain ``nn.Conv2d``. Same parameters, same
-    state dict, always called as a module.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        if (x.device.type == 'cpu' and torch.is_autocast_enabled('cpu')
-                and not _cpu_has_bf16_kernels()):
-            with torch.autocast('cpu', enabled=False):
-                return super().forward(x.float())
-        return super().forward(x)
-
-
-def _cpu_has_bf16_kernels() -> bool:
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class SpectralPoolingMixer(nn.Module):
@@ -126,15 +104,15 @@ class SpectralPoolingMixer(nn.Module):
         self.radius = radius
         self.spectral_impl = spectral_impl
         self.recompute = spectral_impl != 'fft' if recompute is None else recompute
-        self.proj_in = nn.Conv2d(dim, dim, 1)
-        self.dwconv_1x7 = DepthwiseConv2d(dim, dim, (1, 7), padding=(0, 3), groups=dim)
-        self.dwconv_7x1 = DepthwiseConv2d(dim, dim, (7, 1), padding=(3, 0), groups=dim)
+        self.proj_in = AutocastConv2d(dim, dim, 1)
+        self.dwconv_1x7 = AutocastConv2d(dim, dim, (1, 7), padding=(0, 3), groups=dim)
+        self.dwconv_7x1 = AutocastConv2d(dim, dim, (7, 1), padding=(3, 0), groups=dim)
         # torch.chunk semantics (ceil-sized chunks), which the official weights are shaped for.
         self.chunk_sizes: List[int] = list(chunk_sizes(dim, len(SPECTRAL_LAMBDAS)))
         self.lambdas = SPECTRAL_LAMBDAS[:len(self.chunk_sizes)]
         self.spectral_projs = nn.ModuleList(
-            nn.Conv2d(size, dim, 1) for size in self.chunk_sizes)
-        self.proj_out = nn.Conv2d(dim, dim, 1)
+            AutocastConv2d(size, dim, 1) for size in self.chunk_sizes)
+        self.proj_out = AutocastConv2d(dim, dim, 1)
         self.deploy = False
         gains_far = [pass_gain(lam) for lam in self.lambdas]
         # Per input channel: the filter far from DC (1 - lambda), and the relative deviation
@@ -201,6 +179,7 @@ class SpectralPoolingMixer(nn.Module):
             return basis.to(x.dtype), on_circle
         return spectral_basis(height, width, self.radius, x.dtype, x.device)
 
+    @float32_kernels_under_emulated_autocast
     def context_lowrank(self, x: Tensor) -> Tensor:
         """``ctx`` in the exact low-rank form (the one place it is written)."""
         basis, on_circle = self.fourier_basis(x)
