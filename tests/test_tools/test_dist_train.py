@@ -115,6 +115,9 @@ def compare(config, work_root, options=()):
         capture_output=True, text=True, env=_env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'find_unused_parameters' not in result.stderr  # no DDP reduction error
+    output = result.stdout + result.stderr
+    assert 'Distributed launcher: pytorch' in output and 'Distributed training: True' in output
+    assert "'backend': 'gloo'" in output or '"backend": "gloo"' in output
     one, two = losses(single, 1), losses(double, 2)
     assert len(one) == len(two) >= 4
     return [abs(a - b) / a for a, b in zip(one, two)]
