@@ -89,11 +89,19 @@ class SPANetBlock(BaseModule):
     def _scaled(x: Tensor, scale: Optional[Tensor]) -> Tensor:
         return x if scale is None else x * scale.view(-1, 1, 1)
 
+    @staticmethod
+    def _normed(norm: nn.Module, x: Tensor) -> Tensor:
+        """``norm(x)`` in ``x``'s memory format. Eager GroupNorm keeps channels_last, but its
+        meta kernel, which ``torch.compile`` traces with, returns NCHW: the compiled block
+        would then run its convs on NCHW maps (oneDNN re-lays them out at every conv)."""
+        out = norm(x)
+        return out.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else out
+
     def _forward(self, x: Tensor) -> Tensor:
         x = self._scaled(x, self.shortcut_scale1) + self.drop_path(
-            self.token_mixer(self.norm1(x)))
+            self.token_mixer(self._normed(self.norm1, x)))
         x = self._scaled(x, self.shortcut_scale2) + self.drop_path(
-            self.mlp(self.norm2(x)))
+            self.mlp(self._normed(self.norm2, x)))
         return x
 
     def forward(self, x: Tensor) -> Tensor:
@@ -104,8 +112,8 @@ class SPANetBlock(BaseModule):
         return self._forward(x)
 
     def _forward_deploy(self, x: Tensor) -> Tensor:
-        x = self.mixer_residual(self.token_mixer(self.norm1(x)), x)
-        return self.mlp_residual(self.norm2(x), x)
+        x = self.mixer_residual(self.token_mixer(self._normed(self.norm1, x)), x)
+        return self.mlp_residual(self._normed(self.norm2, x), x)
 
     def switch_to_deploy(self) -> None:
         """Inference form (see :meth:`SPANet.switch_to_deploy`): ``proj_out`` with the first

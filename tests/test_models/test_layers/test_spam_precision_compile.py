@@ -1,8 +1,10 @@
 """Autocast (bf16 on CPU), torch.compile and traced (export) forms of the spectral pooling."""
+import copy
 import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spanet_mm.models import SPANet
 from spanet_mm.models.layers import SPECTRAL_LAMBDAS, SpectralPoolingMixer, spectral_pool_fft
@@ -73,18 +75,50 @@ def test_mixer_has_no_graph_break():
 
 @pytest.mark.skipif(shutil.which('g++') is None and shutil.which('c++') is None,
                     reason='torch.compile (inductor, CPU) needs a C++ compiler, none found')
-def test_compile_backbone_same_outputs():
-    """A two-stage SPANet (both radii), compiled, gives the eager outputs (graph breaks in the
-    mixer are excluded by ``test_mixer_has_no_graph_break``)."""
+@pytest.mark.parametrize('deploy', [False, True], ids=['default', 'deploy'])
+def test_compile_backbone_same_outputs(deploy):
+    """A two-stage SPANet (both radii), compiled, gives the eager outputs of the default form
+    (graph breaks in the mixer are excluded by ``test_mixer_has_no_graph_break``); so does its
+    compiled deploy form (whose MLP compiles as whole-map GEMMs)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = SPANet(dict(layers=[1, 1], embed_dims=[16, 24], radius=[2, 1]), out_indices=(0, 1))
     model.init_weights()
+    with torch.no_grad():  # biases and shortcut scales away from their init (0 and 1)
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
     model.eval()
-    compiled = torch.compile(model)
+    compiled = torch.compile(copy.deepcopy(model).switch_to_deploy() if deploy else model)
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         expected = model(x)
         got = compiled(x)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['default', 'deploy'])
+def test_compiled_convs_see_channels_last_maps(deploy):
+    """On CPU the backbone runs channels_last; the graph torch.compile traces must too (eager
+    GroupNorm keeps the layout, its meta kernel does not): every conv in the traced graph gets
+    a channels_last map, as it does in eager mode."""
+    torch._dynamo.reset()
+    model = SPANet(dict(layers=[1, 1], embed_dims=[16, 24], radius=[2, 1]), out_indices=(0, 1))
+    model.eval()
+    if deploy:
+        model.switch_to_deploy()
+    layouts = {}
+
+    def recording_backend(graph_module, example_inputs):
+        for node in graph_module.graph.nodes:
+            if node.op == 'call_function' and node.target in (torch.conv2d, F.conv2d):
+                value = node.args[0].meta['example_value']
+                layouts[node.name] = (value.is_contiguous(memory_format=torch.channels_last)
+                                      and not value.is_contiguous())
+        return graph_module  # runs the traced graph as it is
+
+    with torch.no_grad():
+        torch.compile(model, backend=recording_backend)(torch.randn(2, 3, 64, 96))
+    assert len(layouts) >= 2 * (4 if deploy else 6) + 2, layouts  # the blocks' convs and more
+    assert all(layouts.values()), layouts
+    torch._dynamo.reset()
