@@ -1,4 +1,5 @@
-"""The suite's own safeguards (tests/conftest.py), each run in a pytest subprocess:
+"""The suite's own safeguards (tests/conftest.py), each run in a pytest session of its own
+(a process forked by ``run_python``):
 
 - with CI=true a missing official fixture (../shared) fails the run instead of skipping the
   exactness and converter tests; outside CI it is a skip, listed by ``-ra``;
@@ -15,17 +16,19 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_python
 
-pytestmark = pytest.mark.slow  # each runs pytest in a subprocess (about 5-10 s of CPU)
+pytestmark = pytest.mark.slow  # each runs a pytest session as a process
+
+RUN_PYTEST = os.path.join(REPO_ROOT, 'tests', 'data', 'run_pytest.py')
 
 
 def run_pytest(args, cwd, env):
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ('CI', 'PYTEST_ADDOPTS', 'CUBLAS_WORKSPACE_CONFIG')}
     full_env.update(env, OMP_NUM_THREADS='1')
-    return subprocess.run([sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', *args],
-                          cwd=cwd, env=full_env, capture_output=True, text=True, timeout=180)
+    return run_python(RUN_PYTEST, '-p', 'no:cacheprovider', *args, cwd=cwd, env=full_env,
+                      timeout=180)
 
 
 @pytest.mark.parametrize('ci', [True, False], ids=['CI', 'local'])

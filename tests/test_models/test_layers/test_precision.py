@@ -6,7 +6,6 @@ them is asked of oneDNN directly.
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 from spanet_mm.models import SPANet
 from spanet_mm.models.layers import AutocastConv2d, SpectralPoolingMixer

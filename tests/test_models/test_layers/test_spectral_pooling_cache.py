@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from spanet_mm.models.layers import spectral_basis, spectral_filter
-from spanet_mm.models.layers.spectral_pooling import (SPECTRAL_CACHE, SPECTRAL_LAMBDAS,
-                                                      TensorCache, spectral_pool_fft)
+from spanet_mm.models.layers.spectral_pooling import (SPECTRAL_LAMBDAS, TensorCache,
+                                                      spectral_pool_fft)
 
 CPU = torch.device('cpu')
 
