@@ -73,6 +73,7 @@ def test_mixer_has_no_graph_break():
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels for each form
 @pytest.mark.skipif(shutil.which('g++') is None and shutil.which('c++') is None,
                     reason='torch.compile (inductor, CPU) needs a C++ compiler, none found')
 @pytest.mark.parametrize('deploy', [False, True], ids=['default', 'deploy'])
