@@ -4,6 +4,6 @@ from .spectral_pooling import (SPECTRAL_LAMBDAS, spectral_basis, spectral_filter
                                spectral_pool_fft)
 
 __all__ = [
-    'AutocastConv2d', 'SPECTRAL_IMPLS', 'SPECTRAL_LAMBDAS', 'SpectralPoolingMixer', 'spectral_basis',
-    'spectral_filter', 'spectral_pool_fft'
+    'AutocastConv2d', 'SPECTRAL_IMPLS', 'SPECTRAL_LAMBDAS', 'SpectralPoolingMixer',
+    'spectral_basis', 'spectral_filter', 'spectral_pool_fft'
 ]

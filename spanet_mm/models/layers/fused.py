@@ -7,8 +7,9 @@ output is never written out and read back. :class:`FusedResidualMlp` also runs t
 blocks of tokens, so that its hidden map (``mlp_ratio`` times wider) stays in cache. Per
 element they compute what the modules they replace compute, up to float summation order.
 They are inference layers: no autograd through the ``out=`` GEMMs, no drop path. On NCHW maps
-(GPUs, export) and under autocast they run the plain conv and add; under ``torch.compile`` the
-MLP is one GEMM pair over the whole map.
+(GPUs, export) and under autocast with native lower-precision kernels they run the plain conv
+and add (without such kernels they run fused in float32, see :mod:`.precision`); under
+``torch.compile`` the MLP is one GEMM pair over the whole map.
 """
 from typing import Optional
 
@@ -102,9 +103,8 @@ class FusedResidualMlp(nn.Module):
         inputs, residual = tokens_of(x), tokens_of(shortcut)
         weight1, weight2_t = self.weight1.flatten(1), self.weight2.flatten(1).t()  # views
         if torch.compiler.is_compiling():
-            # Whole-map GEMMs: inductor fuses the activation and plans the buffers itself,
-            # while a loop of out= GEMMs into slices compiles into copies (compiled SPANet-S
-            # deploy form: 0.96x compiled ConvNeXt-T this way, 0.77x with the loop).
+            # Whole-map GEMMs, in one graph: inductor fuses the activation and plans the
+            # buffers itself, while a loop of out= GEMMs into slices compiles into copies.
             hidden = self.act(F.linear(inputs, weight1, self.bias1))
             base = scaled_shortcut(residual, self.scale, self.bias2)
             return map_of(torch.addmm(base, hidden, weight2_t), shortcut)

@@ -7,10 +7,11 @@ bfloat16 1x1 conv of a 8x64x56x56 map took 0.2 s here against 33 ms in float32, 
 depthwise conv falls back to a loop over the channels (30-50x slower), and a bfloat16
 ``baddbmm`` to one ``addmm`` per batch element.
 
-There, SPANet's layers compute in float32 kernels and return the autocast dtype: the dtype
-contract of autocast (a bfloat16 model under bfloat16 autocast, bfloat16 activations kept for
-backward where the layer's output is what is kept) at float32 speed and at least bfloat16
-precision. On GPUs, on CPUs with the kernels, and outside autocast nothing changes.
+There, SPANet's convs and the low-rank context compute in float32 kernels and return the
+autocast dtype: what autocast promises (bfloat16 outputs, so bfloat16 activations downstream)
+at float32 speed and with at least bfloat16 precision. The price is training memory: such a
+layer keeps its float32 input for backward, where native autocast keeps a bfloat16 copy. On
+GPUs, on CPUs with the kernels, for float64 inputs and outside autocast nothing changes.
 """
 import functools
 from typing import Callable, Optional
@@ -39,8 +40,9 @@ _CPU_HAS_KERNELS = {dtype: cpu_has_kernels(dtype) for dtype in (torch.bfloat16, 
 def emulated_autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
     """The autocast dtype if autocast is on for ``x``'s device and this CPU would emulate its
     kernels, else None."""
-    if x.device.type != 'cpu' or not torch.is_autocast_enabled('cpu'):
-        return None
+    if (x.device.type != 'cpu' or x.dtype == torch.float64
+            or not torch.is_autocast_enabled('cpu')):
+        return None  # autocast leaves float64 alone
     dtype = torch.get_autocast_dtype('cpu')
     return None if _CPU_HAS_KERNELS.get(dtype, True) else dtype
 

@@ -93,3 +93,15 @@ def test_training_under_cpu_autocast_matches_float32():
         grads[low] = torch.cat([p.grad.flatten() for p in model.parameters()])
     err = ((grads[True] - grads[False]).norm() / grads[False].norm()).item()
     assert err < 0.03, err
+
+
+def test_float64_is_left_to_autocast():
+    """Autocast does not touch float64; neither does the layer."""
+    torch.manual_seed(0)
+    conv = AutocastConv2d(4, 6, 3, padding=1).double()
+    x = torch.randn(1, 4, 5, 7, dtype=torch.float64)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        got = conv(x)
+        expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    assert expected.dtype == torch.float64
+    assert got.dtype == torch.float64 and torch.equal(got, expected)
