@@ -18,6 +18,17 @@ def in_ci() -> bool:
     return os.environ.get('CI', '').lower() == 'true'
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with the most ``slow`` tests first. pytest-xdist (``--dist loadfile``) hands out
+    whole files in collection order as workers free up: started early, the long files no
+    longer leave one worker running alone at the end while the other idles (longest first).
+    The order within a file is kept; no test depends on the order of files."""
+    slow = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + bool(item.get_closest_marker('slow'))
+    items.sort(key=lambda item: -slow[item.path])  # stable: a file's tests stay together
+
+
 @pytest.fixture(scope='session')
 def official_fixture():
     """The official model's outputs for random weights (../shared/fixtures)."""
