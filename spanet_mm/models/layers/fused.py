@@ -8,9 +8,11 @@ blocks of tokens, so that its hidden map (``mlp_ratio`` times wider) stays in ca
 element they compute what the modules they replace compute, up to float summation order.
 They are inference layers: no autograd through the ``out=`` GEMMs, no drop path. On NCHW maps
 (GPUs, export) and under autocast with native lower-precision kernels they run the plain conv
-and add (without such kernels they run fused in float32, see :mod:`.precision`); under
-``torch.compile`` the MLP is one GEMM pair over the whole map.
+and add. Under autocast without such kernels they compute in float32 and return the dtype of
+the unfused layers (:mod:`.precision`). Under ``torch.compile`` the fused MLP is one GEMM pair
+over the whole map (``tokens_per_block`` is not used).
 """
+import functools
 from typing import Optional
 
 import torch
@@ -48,6 +50,14 @@ def fusable(x: Tensor, shortcut: Tensor) -> bool:
             and not torch.is_autocast_enabled(x.device.type))
 
 
+def residual_dtype(module: nn.Module, branch_dtype: torch.dtype, x: Tensor,
+                   shortcut: Tensor) -> torch.dtype:
+    """The dtype of ``shortcut * scale + branch`` as the unfused layers compute it (type
+    promotion: a float32 scale or shortcut keeps the sum float32 under autocast)."""
+    dtypes = [shortcut.dtype] + ([] if module.scale is None else [module.scale.dtype])
+    return functools.reduce(torch.promote_types, dtypes, branch_dtype)
+
+
 def frozen(tensor: Optional[Tensor]) -> Optional[nn.Parameter]:
     return None if tensor is None else nn.Parameter(tensor.detach().clone(),
                                                     requires_grad=False)
@@ -63,7 +73,7 @@ class FusedResidualConv1x1(nn.Module):
         self.bias = frozen(conv.bias)
         self.scale = frozen(scale)
 
-    @float32_kernels_under_emulated_autocast
+    @float32_kernels_under_emulated_autocast(result_dtype=residual_dtype)
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
         if not fusable(x, shortcut):
             scaled = shortcut if self.scale is None else shortcut * self.scale.view(-1, 1, 1)
@@ -94,7 +104,7 @@ class FusedResidualMlp(nn.Module):
         self.scale = frozen(scale)
         self.tokens_per_block = tokens_per_block
 
-    @float32_kernels_under_emulated_autocast
+    @float32_kernels_under_emulated_autocast(result_dtype=residual_dtype)
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
         if not fusable(x, shortcut):
             scaled = shortcut if self.scale is None else shortcut * self.scale.view(-1, 1, 1)

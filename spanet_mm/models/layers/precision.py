@@ -2,10 +2,9 @@
 """Autocast on CPUs that have no lower-precision kernels.
 
 CPU autocast runs convolutions and matrix products in bfloat16 (or float16). On CPUs without
-AVX512-BF16/AMX (AVX512-FP16 for float16) PyTorch has no such kernels and emulates them: a
-bfloat16 1x1 conv of a 8x64x56x56 map took 0.2 s here against 33 ms in float32, a bfloat16
-depthwise conv falls back to a loop over the channels (30-50x slower), and a bfloat16
-``baddbmm`` to one ``addmm`` per batch element.
+AVX512-BF16/AMX (AVX512-FP16 for float16) PyTorch has no such kernels and emulates them, several
+times slower than float32: a bfloat16 depthwise conv falls back to a loop over the channels,
+a bfloat16 ``baddbmm`` to one ``addmm`` per batch element (measurements: docs/benchmark.md).
 
 There, SPANet's convs and the low-rank context compute in float32 kernels and return the
 autocast dtype: what autocast promises (bfloat16 outputs, so bfloat16 activations downstream)
@@ -47,19 +46,25 @@ def emulated_autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
     return None if _CPU_HAS_KERNELS.get(dtype, True) else dtype
 
 
-def float32_kernels_under_emulated_autocast(forward: Callable) -> Callable:
+def float32_kernels_under_emulated_autocast(forward: Optional[Callable] = None, *,
+                                            result_dtype: Optional[Callable] = None):
     """Decorates a ``forward(self, x, *tensors)`` whose products autocast would emulate: there
-    it runs with autocast off on float32 inputs and returns the autocast dtype."""
+    it runs with autocast off on float32 tensors and returns the dtype autocast would give,
+    by default the autocast dtype, else ``result_dtype(self, autocast_dtype, x, *tensors)``
+    (for a layer that also adds tensors of other dtypes to its product)."""
+    if forward is None:
+        return functools.partial(float32_kernels_under_emulated_autocast,
+                                 result_dtype=result_dtype)
 
     @functools.wraps(forward)
-    def wrapper(self, x: Tensor, *args):
+    def wrapper(self, x: Tensor, *tensors: Tensor) -> Tensor:
         dtype = emulated_autocast_dtype(x)
         if dtype is None:
-            return forward(self, x, *args)
-        args = [a.float() if isinstance(a, Tensor) and a.is_floating_point() else a
-                for a in args]
+            return forward(self, x, *tensors)
+        if result_dtype is not None:
+            dtype = result_dtype(self, dtype, x, *tensors)
         with torch.autocast('cpu', enabled=False):
-            return forward(self, x.float(), *args).to(dtype)
+            return forward(self, x.float(), *(t.float() for t in tensors)).to(dtype)
 
     return wrapper
 

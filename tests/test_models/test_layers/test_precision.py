@@ -1,16 +1,19 @@
 """Autocast on CPUs without lower-precision kernels (spanet_mm/models/layers/precision.py).
 
-The reference for every value is PyTorch itself: ``F.conv2d`` / the mixer outside autocast
-(float32 kernels), and native autocast where this CPU has bfloat16 kernels. Whether it has
-them is asked of oneDNN directly.
+The layers' float32 branch is forced on any CPU (``emulating_cpu``: the machine check says
+"no bfloat16 kernels"), so these tests check it on every machine. The reference for every value
+is PyTorch itself: ``F.conv2d`` / the modules outside autocast (float32 kernels), and the
+default (unfused) form of the model for the deploy form.
 """
+import copy
+
 import pytest
 import torch
 
-from spanet_mm.models import SPANet
-from spanet_mm.models.layers import AutocastConv2d, SpectralPoolingMixer
+from torch.utils._python_dispatch import TorchDispatchMode
 
-NATIVE_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+from spanet_mm.models import SPANet
+from spanet_mm.models.layers import AutocastConv2d, SpectralPoolingMixer, precision
 
 CONVS = {  # the kinds of conv SPANet has
     '1x1': dict(in_channels=16, out_channels=24, kernel_size=1),
@@ -21,20 +24,24 @@ CONVS = {  # the kinds of conv SPANet has
 }
 
 
+@pytest.fixture
+def emulating_cpu(monkeypatch):
+    """A CPU without bfloat16 / float16 kernels, as this project's CI machine is."""
+    monkeypatch.setattr(precision, '_CPU_HAS_KERNELS',
+                        {torch.bfloat16: False, torch.float16: False})
+
+
 def expected_under_autocast(fn, x):
-    """What the layer must return under CPU bfloat16 autocast: native autocast's result where
-    the kernels exist, else the float32 result in bfloat16."""
+    """What the layer must return under CPU bfloat16 autocast on such a CPU: the float32
+    result in bfloat16."""
     with torch.no_grad():
-        if NATIVE_BF16:
-            with torch.autocast('cpu', dtype=torch.bfloat16):
-                return fn(x)
         return fn(x.float()).bfloat16()
 
 
 @pytest.mark.parametrize('kind', sorted(CONVS))
 @pytest.mark.parametrize('layout', ['nchw', 'nhwc'])
 @pytest.mark.parametrize('input_dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
-def test_conv_under_cpu_autocast(kind, layout, input_dtype):
+def test_conv_under_cpu_autocast(kind, layout, input_dtype, emulating_cpu):
     torch.manual_seed(0)
     conv = AutocastConv2d(**CONVS[kind])
     reference = torch.nn.Conv2d(**CONVS[kind])
@@ -52,7 +59,7 @@ def test_conv_under_cpu_autocast(kind, layout, input_dtype):
     torch.testing.assert_close(outside, reference(x.float()), atol=0, rtol=0)
 
 
-def test_lowrank_context_under_cpu_autocast():
+def test_lowrank_context_under_cpu_autocast(emulating_cpu):
     """The low-rank context's products (a 1x1 conv, two batched GEMMs) as one float32 unit."""
     torch.manual_seed(0)
     mixer = SpectralPoolingMixer(12, 2, 'lowrank').eval()
@@ -60,10 +67,37 @@ def test_lowrank_context_under_cpu_autocast():
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         got = mixer.context_lowrank(x)
     assert got.dtype == torch.bfloat16
-    if not NATIVE_BF16:
-        with torch.no_grad():
-            expected = mixer.context_lowrank(x.float()).bfloat16()
-        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    torch.testing.assert_close(got, expected_under_autocast(mixer.context_lowrank, x), atol=0,
+                               rtol=0)
+
+
+def test_deploy_form_under_cpu_autocast_is_the_default_form(emulating_cpu):
+    """The deploy form's fused layers (float32 GEMMs there) give every stage the dtype and,
+    within bfloat16 round-off, the values of the default form under the same autocast: the
+    residual stream stays float32 where the shortcut scales (float32) make it so."""
+    torch.manual_seed(0)
+    model = SPANet(dict(layers=[1, 1, 1, 1], embed_dims=[16, 16, 24, 24]), init_cfg=None)
+    model.init_weights()
+    with torch.no_grad():  # biases and shortcut scales away from their init (0 and 1)
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    model.eval()
+    deployed = copy.deepcopy(model).switch_to_deploy()
+    x = torch.randn(2, 3, 64, 64)
+    stage_outputs = {}
+    for name, net in (('default', model), ('deploy', deployed)):
+        outputs = stage_outputs[name] = []
+        for stage in net.stages:
+            stage.register_forward_hook(lambda module, args, out, outputs=outputs:
+                                        outputs.append(out))
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+            net(x)
+    dtypes = [out.dtype for out in stage_outputs['default']]
+    assert dtypes == [torch.bfloat16] * 2 + [torch.float32] * 2  # scales in stages 2 and 3
+    assert [out.dtype for out in stage_outputs['deploy']] == dtypes
+    for a, b in zip(stage_outputs['deploy'], stage_outputs['default']):
+        err = ((a.float() - b.float()).norm() / b.float().norm()).item()
+        assert err < 0.01, err
 
 
 def test_every_conv_of_spanet_follows_autocast():
@@ -77,7 +111,7 @@ def test_every_conv_of_spanet_follows_autocast():
     assert not plain, plain
 
 
-def test_training_under_cpu_autocast_matches_float32():
+def test_training_under_cpu_autocast_matches_float32(emulating_cpu):
     """Gradients flow through the float32 kernels: bfloat16-autocast gradients of a small
     SPANet within 3% (relative norm) of float32's."""
     torch.manual_seed(0)
@@ -95,7 +129,7 @@ def test_training_under_cpu_autocast_matches_float32():
     assert err < 0.03, err
 
 
-def test_float64_is_left_to_autocast():
+def test_float64_is_left_to_autocast(emulating_cpu):
     """Autocast does not touch float64; neither does the layer."""
     torch.manual_seed(0)
     conv = AutocastConv2d(4, 6, 3, padding=1).double()
@@ -105,3 +139,48 @@ def test_float64_is_left_to_autocast():
         expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
     assert expected.dtype == torch.float64
     assert got.dtype == torch.float64 and torch.equal(got, expected)
+
+
+class LowPrecisionProducts(TorchDispatchMode):
+    """Records every convolution and matrix product that runs on bfloat16 operands."""
+
+    PRODUCTS = {'convolution', 'mkldnn_convolution', 'mm', 'addmm', 'bmm', 'baddbmm'}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.PRODUCTS and any(
+                isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in args):
+            self.calls.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['default', 'deploy'])
+def test_no_product_runs_in_bfloat16_kernels(deploy, emulating_cpu):
+    """Under bfloat16 autocast on such a CPU no conv or GEMM of the backbone, default or
+    deploy form, reaches PyTorch's (emulated) bfloat16 kernels."""
+    model = SPANet(dict(layers=[1, 1, 1, 1], embed_dims=[16, 16, 24, 24])).eval()
+    if deploy:
+        model.switch_to_deploy()
+    recorder = LowPrecisionProducts()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), recorder:
+        model(torch.randn(2, 3, 64, 64))
+    assert recorder.calls == []
+    # The recorder sees them where they do run: native autocast's own conv.
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), recorder:
+        torch.nn.functional.conv2d(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 1, 1))
+    assert recorder.calls == ['convolution']
+
+
+def test_mixer_traces_in_one_graph_under_cpu_autocast(emulating_cpu):
+    """The float32 branch (autocast switched off inside the layers) traces without graph
+    breaks for torch.compile."""
+    torch._dynamo.reset()
+    mixer = SpectralPoolingMixer(20, 2, 'lowrank').eval()
+    x = torch.randn(2, 20, 33, 47).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        explanation = torch._dynamo.explain(mixer)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()

@@ -12,7 +12,7 @@ from spanet_mm.models.layers.spectral_pooling import fourier_modes
 
 SMALL_ARCH = dict(layers=[1, 1, 1, 1], embed_dims=[16, 24, 32, 40])
 #: bf16 keeps 8 significant bits: the outputs stay within 2% of float32 in relative norm
-#: (the issue's bound for bf16 autocast; SPANet-S at 224 measures 1.2%, docs/benchmark.md).
+#: (the issue's bound for bf16 autocast; SPANet-S at 224 measures 0.97%, docs/benchmark.md).
 BF16_RTOL = 0.02
 
 
