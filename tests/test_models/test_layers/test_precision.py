@@ -174,6 +174,7 @@ def test_no_product_runs_in_bfloat16_kernels(deploy, emulating_cpu):
     assert recorder.calls == ['convolution']
 
 
+@pytest.mark.slow  # a dynamo trace
 def test_mixer_traces_in_one_graph_under_cpu_autocast(emulating_cpu):
     """The float32 branch (autocast switched off inside the layers) traces without graph
     breaks for torch.compile."""
