@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...checkpoint import CheckpointMismatchError, CheckpointNotFoundError
 from ...registry import register_model
 from ..layers import SPECTRAL_IMPLS, AutocastConv2d, SpectralPoolingMixer
-from ..layers.fused import FusedResidualConv1x1, FusedResidualMlp
+from ..layers.fused import FusedResidualConv1x1, FusedResidualMlp, scaled_map
 from ..layers.spam import is_channels_last, is_exporting
 
 #: Smallest input side: the stride-32 last stage must keep at least one pixel.
@@ -86,10 +86,6 @@ class SPANetBlock(BaseModule):
             self.shortcut_scale1 = self.shortcut_scale2 = None
 
     @staticmethod
-    def _scaled(x: Tensor, scale: Optional[Tensor]) -> Tensor:
-        return x if scale is None else x * scale.view(-1, 1, 1)
-
-    @staticmethod
     def _normed(norm: nn.Module, x: Tensor) -> Tensor:
         """``norm(x)`` in ``x``'s memory format. Eager GroupNorm keeps channels_last, but its
         meta kernel, which ``torch.compile`` traces with, returns NCHW: the compiled block
@@ -98,9 +94,9 @@ class SPANetBlock(BaseModule):
         return out.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else out
 
     def _forward(self, x: Tensor) -> Tensor:
-        x = self._scaled(x, self.shortcut_scale1) + self.drop_path(
+        x = scaled_map(x, self.shortcut_scale1) + self.drop_path(
             self.token_mixer(self._normed(self.norm1, x)))
-        x = self._scaled(x, self.shortcut_scale2) + self.drop_path(
+        x = scaled_map(x, self.shortcut_scale2) + self.drop_path(
             self.mlp(self._normed(self.norm2, x)))
         return x
 

@@ -35,6 +35,12 @@ def map_of(tokens: Tensor, like: Tensor) -> Tensor:
     return tokens.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
+def scaled_map(shortcut: Tensor, scale: Optional[Tensor]) -> Tensor:
+    """``shortcut * scale`` per channel of an NCHW-shaped map (``shortcut`` without a scale):
+    the unfused path."""
+    return shortcut if scale is None else shortcut * scale.view(-1, 1, 1)
+
+
 def scaled_shortcut(tokens: Tensor, scale: Optional[Tensor], bias: Tensor) -> Tensor:
     """``tokens * scale + bias`` (``tokens + bias`` without a scale), a new tensor: the GEMM's
     accumulator, with the conv's bias in it."""
@@ -76,8 +82,7 @@ class FusedResidualConv1x1(nn.Module):
     @float32_kernels_under_emulated_autocast(result_dtype=residual_dtype)
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
         if not fusable(x, shortcut):
-            scaled = shortcut if self.scale is None else shortcut * self.scale.view(-1, 1, 1)
-            return scaled + F.conv2d(x, self.weight, self.bias)
+            return scaled_map(shortcut, self.scale) + F.conv2d(x, self.weight, self.bias)
         base = scaled_shortcut(tokens_of(shortcut), self.scale, self.bias)
         # The GEMM reads the transposed view as it is (no copy).
         return map_of(base.addmm_(tokens_of(x), self.weight.flatten(1).t()), shortcut)
@@ -107,9 +112,8 @@ class FusedResidualMlp(nn.Module):
     @float32_kernels_under_emulated_autocast(result_dtype=residual_dtype)
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
         if not fusable(x, shortcut):
-            scaled = shortcut if self.scale is None else shortcut * self.scale.view(-1, 1, 1)
             hidden = self.act(F.conv2d(x, self.weight1, self.bias1))
-            return scaled + F.conv2d(hidden, self.weight2, self.bias2)
+            return scaled_map(shortcut, self.scale) + F.conv2d(hidden, self.weight2, self.bias2)
         inputs, residual = tokens_of(x), tokens_of(shortcut)
         weight1, weight2_t = self.weight1.flatten(1), self.weight2.flatten(1).t()  # views
         if torch.compiler.is_compiling():
