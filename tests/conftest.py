@@ -198,22 +198,26 @@ class _ForkServer:
 
     def __init__(self):
         self.proc = None
+        self.socket = None
 
     def ask(self, **request) -> dict:
-        if self.proc is None or self.proc.poll() is not None:
-            self._start()
+        self.ensure_started()
         self.proc.stdin.write(json.dumps(request) + '\n')
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
-    def _start(self):
+    def ensure_started(self):
+        if self.proc is not None and self.proc.poll() is None:
+            return
         import subprocess
         self.proc = subprocess.Popen(
             [sys.executable, self.SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             text=True, env=dict(os.environ, OMP_NUM_THREADS='1'), cwd=REPO_ROOT)
         answer = self.proc.stdout.readline()
-        if json.loads(answer or '{}').get('ready') is not True:
+        ready = json.loads(answer or '{}')
+        if ready.get('ready') is not True:
             raise RuntimeError(f'the fork server did not start (said {answer!r})')
+        self.socket = ready['socket']
         atexit.register(self.close)
 
     def close(self):
@@ -237,7 +241,7 @@ class ForkedPython:
         for path in {self.stdout_path, self.stderr_path}:
             open(path, 'w').close()  # readable before the child opens it
         self.pid = _FORK_SERVER.ask(
-            op='start', script=str(script), args=self.args[2:], cwd=str(cwd), env=env,
+            op='start', args=self.args[1:], cwd=str(cwd), env=env,
             stdout=self.stdout_path, stderr=self.stderr_path)['pid']
         self.returncode = None
 
@@ -275,6 +279,31 @@ def start_python(script, *args, cwd=None, env=None, merge_stderr=False) -> Forke
     (imports, installed packages, a toolbox missing)."""
     return ForkedPython(script, args, cwd or os.getcwd(),
                         dict(os.environ if env is None else env), merge_stderr)
+
+
+def forked_python_executable(directory) -> str:
+    """Writes ``directory/python``: an executable that runs ``python [-u] SCRIPT ARGS`` or
+    ``python [-u] -m MODULE ARGS`` as a fork of the preloaded interpreter (see
+    :func:`start_python`), with its own stdio, signals forwarded and its exit status
+    (tests/data/forked_python.py). For launchers that start Python processes themselves:
+    ``PYTHON`` of tools/dist_train.sh, torchrun's ``PYTHON_EXEC`` for its ranks."""
+    _FORK_SERVER.ensure_started()
+    path = osp.join(str(directory), 'python')
+    with open(path, 'w') as f:
+        # -S: no site-packages, a start of milliseconds; the client needs the stdlib only
+        f.write(f'#!{sys.executable} -S\n'
+                f'import sys\n'
+                f'sys.path.insert(0, {osp.join(REPO_ROOT, "tests", "data")!r})\n'
+                f'import forked_python\n'
+                f'forked_python.main({_FORK_SERVER.socket!r})\n')
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.fixture(scope='session')
+def forked_python(tmp_path_factory) -> str:
+    """:func:`forked_python_executable` in a temporary directory."""
+    return forked_python_executable(tmp_path_factory.mktemp('forked_python'))
 
 
 def run_python(script, *args, cwd=None, env=None, timeout=300):

@@ -6,11 +6,14 @@
 - a test or a module-scoped fixture that changes global torch state (deterministic algorithms
   as an in-process Runner with ``deterministic=True`` sets them, cuDNN flags, threads, default
   dtype, grad mode, CUBLAS_WORKSPACE_CONFIG) fails, named, and the state is restored for the
-  tests after it.
+  tests after it;
+- a script forked from the preloaded interpreter (``run_python``, and the ``forked_python``
+  executable that stands in for ``python`` in launchers) behaves as ``python SCRIPT ARGS``.
 """
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -147,19 +150,60 @@ if sys.argv[1] == 'raise':
 '''
 
 
+@pytest.mark.parametrize('launch', ['run_python', 'forked_python'])
 @pytest.mark.parametrize('args', [['exit', '0'], ['exit', '3'], ['message'], ['raise']],
                          ids=['exit-0', 'exit-3', 'exit-message', 'uncaught'])
-def test_run_python_is_what_python_does(tmp_path, args):
-    """A script forked by conftest.run_python (tests/data/python_forkserver.py) behaves as
+def test_forked_script_is_what_python_does(tmp_path, args, launch, forked_python):
+    """A script forked from tests/data/python_forkserver.py, by ``run_python`` or through the
+    ``forked_python`` executable (with -u, as torchrun starts its ranks), behaves as
     ``python SCRIPT ARGS``: exit status, stdout and stderr (tracebacks included), argv, cwd,
     environment, ``__name__``, ``sys.path[0]``, non-daemon threads joined, atexit run."""
-    from conftest import run_python
     script = tmp_path / 'probe.py'
     script.write_text(FORKED_SCRIPT)
     env = dict(os.environ, PROBE='value')
-    expected = subprocess.run([sys.executable, str(script), *args], cwd='/', env=env,
+    expected = subprocess.run([sys.executable, '-u', str(script), *args], cwd='/', env=env,
                               capture_output=True, text=True, timeout=60)
-    got = run_python(script, *args, cwd='/', env=env, timeout=60)
+    if launch == 'run_python':
+        got = run_python(script, *args, cwd='/', env=env, timeout=60)
+    else:
+        got = subprocess.run([forked_python, '-u', str(script), *args], cwd='/', env=env,
+                             capture_output=True, text=True, timeout=60)
     assert 'atexit ran' in expected.stdout and 'thread joined' in expected.stdout
     assert (got.returncode, got.stdout, got.stderr) == \
         (expected.returncode, expected.stdout, expected.stderr)
+
+
+SLEEPER = r'''
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit('stopped by SIGTERM'))
+print('ready', os.getpid(), flush=True)
+time.sleep(60)
+'''
+
+
+def test_forked_python_passes_signals_on(tmp_path, forked_python):
+    """A signal to the ``forked_python`` process reaches the forked script (torchrun stops
+    its ranks with SIGTERM), which handles it as under ``python``; a script that dies of a
+    signal has its launcher die of it too; ``python -m MODULE`` runs the module as
+    ``__main__``."""
+    script = tmp_path / 'sleeper.py'
+    script.write_text(SLEEPER)
+    for python in (sys.executable, forked_python):
+        for sig, status in ((signal.SIGTERM, 1), (signal.SIGKILL, -signal.SIGKILL)):
+            proc = subprocess.Popen([python, str(script)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            ready, script_pid = proc.stdout.readline().split()
+            assert ready == 'ready'
+            if sig == signal.SIGTERM:  # to the launched process, as torchrun sends it
+                proc.send_signal(sig)
+            else:  # the script's own death (forked: not the launcher's pid)
+                os.kill(int(script_pid), sig)
+            assert proc.wait(timeout=30) == status, (python, sig)
+            if sig == signal.SIGTERM:
+                assert proc.stderr.read() == 'stopped by SIGTERM\n', python
+            proc.stdout.close()
+            proc.stderr.close()
+    (tmp_path / 'probe_module.py').write_text('import sys; print(__name__, sys.argv[1:])')
+    got = subprocess.run([forked_python, '-m', 'probe_module', 'a'], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert (got.returncode, got.stdout) == (0, "__main__ ['a']\n"), got.stderr

@@ -16,6 +16,8 @@ the mean over ranks. Tolerances:
   normalises some losses per process (e.g. by its number of positive samples) and RPN/RoI
   sampling draws per process.
 Every run uses ``find_unused_parameters=False``, so an unused parameter would fail the run.
+torchrun and its ranks run as forks of the preloaded interpreter (conftest's
+``forked_python``); tests/test_tools/test_train_test.py launches fresh interpreters once.
 """
 import json
 import os
@@ -91,12 +93,13 @@ def data(tmp_path_factory):
     return root
 
 
-def _env():
+def _env(**extra):
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     return dict(os.environ, OMP_NUM_THREADS='1', PORT=str(port),
-                PYTHONPATH=os.pathsep.join([DATA_DIR, REPO_ROOT, os.environ.get('PYTHONPATH', '')]))
+                PYTHONPATH=os.pathsep.join([DATA_DIR, REPO_ROOT, os.environ.get('PYTHONPATH', '')]),
+                **extra)
 
 
 def losses(work_dir, ranks):
@@ -104,7 +107,7 @@ def losses(work_dir, ranks):
     return [sum(step['loss'] for step in steps) / ranks for steps in zip(*per_rank)]
 
 
-def compare(config, work_root, options=()):
+def compare(config, work_root, python, options=()):
     single, double = work_root / 'single', work_root / 'dist'
     result = run_python(TRAIN, config, '--work-dir', single, '--cfg-options', *options,
                         env=_env(), timeout=300)
@@ -112,7 +115,7 @@ def compare(config, work_root, options=()):
     result = subprocess.run(
         ['bash', DIST_TRAIN, str(config), '2', '--work-dir', str(double), '--cfg-options',
          'train_dataloader.batch_size=2', *options],
-        capture_output=True, text=True, env=_env(), timeout=300)
+        capture_output=True, text=True, env=_env(PYTHON=python, PYTHON_EXEC=python), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'find_unused_parameters' not in result.stderr  # no DDP reduction error
     output = result.stdout + result.stderr
@@ -123,22 +126,22 @@ def compare(config, work_root, options=()):
     return [abs(a - b) / a for a, b in zip(one, two)]
 
 
-def test_segmentation_without_batchnorm_is_exact(data, tmp_path):
+def test_segmentation_without_batchnorm_is_exact(data, tmp_path, forked_python):
     config = tmp_path / 'seg.py'
     config.write_text(SEG.format(
         base=osp.join(REPO_ROOT, 'configs', 'segmentation', 'demo', 'fpn_spanet_demo.py'),
         data_root=str(data / 'data' / 'ade')) + COMMON)
-    differences = compare(config, tmp_path, [
+    differences = compare(config, tmp_path, forked_python, [
         'model.decode_head.norm_cfg.type=GN', 'model.decode_head.norm_cfg.num_groups=1',
         'model.decode_head.dropout_ratio=0.0'])
     assert max(differences) <= 1e-5, differences
 
 
-def test_detection_demo(data, tmp_path):
+def test_detection_demo(data, tmp_path, forked_python):
     config = tmp_path / 'det.py'
     config.write_text(DET.format(
         base=osp.join(REPO_ROOT, 'configs', 'detection', 'demo', 'mask_rcnn_spanet_demo.py'),
         data_root=str(data / 'data' / 'coco') + '/') + COMMON)
-    differences = compare(config, tmp_path, ['randomness.seed=0'])
+    differences = compare(config, tmp_path, forked_python, ['randomness.seed=0'])
     assert differences[0] <= 0.01, differences
     assert max(differences) <= 0.05, differences
