@@ -18,6 +18,17 @@ def in_ci() -> bool:
     return os.environ.get('CI', '').lower() == 'true'
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch (and the processes its tests start) gets its
+    share of the cores: with two workers of two OpenMP threads each on two cores, a thread
+    that waits spins on a core the other worker needs (a 1 s test took 5-22 s so)."""
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ['OMP_NUM_THREADS'] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     """Files with the most ``slow`` tests first. pytest-xdist (``--dist loadfile``) hands out
     whole files in collection order as workers free up: started early, the long files no
