@@ -7,6 +7,7 @@
   as an in-process Runner with ``deterministic=True`` sets them, cuDNN flags, threads, default
   dtype, grad mode, CUBLAS_WORKSPACE_CONFIG) fails, named, and the state is restored for the
   tests after it;
+- a pytest-xdist worker uses its share of the cores (torch and the processes it starts);
 - a script forked from the preloaded interpreter (``run_python``, and the ``forked_python``
   executable that stands in for ``python`` in launchers) behaves as ``python SCRIPT ARGS``.
 """
@@ -131,6 +132,39 @@ def test_global_state_leaks_fail_and_are_restored(tmp_path):
             assert change in report, (who, change, report)
     # The tests after a leak see the state as it was (no failure); declaring it is no leak.
     assert re.search(r'\b7 passed, 5 errors\b', output), output[-4000:]
+
+
+THREAD_PROBE = '''
+import os
+import subprocess
+import sys
+
+import torch
+
+
+def test_threads():
+    code = 'import os; print(os.environ["OMP_NUM_THREADS"])'
+    child = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    print('THREADS', torch.get_num_threads(), os.environ['OMP_NUM_THREADS'], child)
+'''
+
+
+def test_each_xdist_worker_gets_its_share_of_the_cores(tmp_path):
+    """As a worker of ``pytest -n 2``: torch and the processes the tests start use
+    ``cores // 2`` threads (at least one), so that two workers do not oversubscribe the cores,
+    starting from a shell where OMP_NUM_THREADS is the number of cores."""
+    shutil.copy(os.path.join(REPO_ROOT, 'tests', 'conftest.py'), tmp_path)
+    (tmp_path / 'test_threads.py').write_text(THREAD_PROBE)
+    cores = os.cpu_count()
+    env = {k: v for k, v in os.environ.items() if k not in ('CI', 'PYTEST_ADDOPTS')}
+    env.update(PYTEST_XDIST_WORKER_COUNT='2', OMP_NUM_THREADS=str(cores))
+    result = run_python(RUN_PYTEST, '-p', 'no:cacheprovider', '-q', '-s', 'test_threads.py',
+                        cwd=tmp_path, env=env, timeout=180)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    share = str(max(1, cores // 2))
+    assert f'THREADS {share} {share} {share}' in output, output[-3000:]
 
 
 FORKED_SCRIPT = r'''

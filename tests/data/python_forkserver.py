@@ -155,8 +155,10 @@ class Server:
 
     def answer_launcher(self, pid: int, answer: dict):
         conn = self.launchers.pop(pid)
-        if conn in {key.fileobj for key in self.selector.get_map().values()}:
+        try:
             self.selector.unregister(conn)
+        except KeyError:  # already, when the launcher hung up
+            pass
         try:
             conn.sendall(json.dumps(answer).encode() + b'\n')
         except OSError:

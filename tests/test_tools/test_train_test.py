@@ -154,24 +154,24 @@ DIST_CASES = {
     # both ranks, as a user starts them (interpreter exit included).
     'cls': (['train_dataloader.dataset.indices=64', 'val_dataloader.dataset.indices=8',
              'train_cfg.max_epochs=1', 'train_cfg.val_interval=1'],
-            'Epoch(train) [1][2/2]', 'epoch_1.pth'),
+            'Epoch(train) [1][2/2]', 'epoch_1.pth', 'fresh'),
     # The shipped demo: its head's SyncBN runs as BN on CPUs; validation and the checkpoint
     # under DDP (tests/test_tools/test_dist_train.py's runs have neither). torchrun and the ranks
     # run as forks of the preloaded interpreter (conftest's forked_python: 20 s less here).
     'seg': (['train_cfg.max_iters=2', 'train_cfg.val_interval=2',
              'val_dataloader.dataset.indices=4'],
-            'Saving checkpoint at 2 iterations', 'iter_2.pth'),
+            'Saving checkpoint at 2 iterations', 'iter_2.pth', 'forked'),
 }
 
 
 @pytest.mark.parametrize('task', sorted(DIST_CASES))
 def test_dist_train_two_processes_on_cpu(task, workspace, forked_python):
     """tools/dist_train.sh CONFIG 2: a real 2-process DDP run (gloo without CUDA)."""
-    options, last_iter, checkpoint = DIST_CASES[task]
+    options, last_iter, checkpoint, interpreters = DIST_CASES[task]
     config = osp.join(CONFIGS, DEMO[task]['config'])
     work_dir = workspace / 'work_dirs' / f'{task}_dist'
     env = {'PORT': str(_free_port())}
-    if task == 'seg':
+    if interpreters == 'forked':
         env.update(PYTHON=forked_python, PYTHON_EXEC=forked_python)
     result = run(['bash', osp.join(TOOLS, 'dist_train.sh'), config, '2',
                   '--work-dir', str(work_dir), '--cfg-options', *options],
