@@ -207,6 +207,29 @@ def test_forked_script_is_what_python_does(tmp_path, args, launch, forked_python
         (expected.returncode, expected.stdout, expected.stderr)
 
 
+CONFIG_TEXTS = r'''
+from mmengine.config import Config
+cfg = Config(dict(model=dict(type='Net', depth=1, widths=[8, 16]), lr=0.1))
+print(cfg.pretty_text)
+print(cfg.pretty_text)
+cfg.model.depth = 2
+print(cfg.pretty_text)
+'''
+
+
+def test_forked_config_text_is_what_yapf_gives(tmp_path):
+    """The fork server keeps yapf's formatting of a config text per child (mmengine formats
+    the same text several times a run): every config, changed or not, prints as under
+    ``python``."""
+    script = tmp_path / 'texts.py'
+    script.write_text(CONFIG_TEXTS)
+    expected = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=60)
+    got = run_python(script, timeout=60)
+    assert expected.returncode == 0 and 'depth=2' in expected.stdout, expected.stderr
+    assert (got.returncode, got.stdout) == (expected.returncode, expected.stdout)
+
+
 SLEEPER = r'''
 import os, signal, sys, time
 signal.signal(signal.SIGTERM, lambda *_: sys.exit('stopped by SIGTERM'))
