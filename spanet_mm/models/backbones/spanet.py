@@ -329,8 +329,9 @@ class SPANet(BaseModule):
         the same graph); this one trades that for fewer passes over memory on CPU, where the
         stages run NHWC: in every block ``proj_out`` and the MLP's ``fc2`` become one GEMM each
         that adds the (scaled) shortcut as its accumulator, and the MLP runs over blocks of
-        tokens so that its 4x wider hidden map stays in cache (:mod:`..layers.fused`); the
-        low-rank mixer fuses its ``pw_i`` weights once. The outputs are those of the default
+        tokens so that its 4x wider hidden map stays in cache, its exact GELU applied inside
+        the first GEMM on CPU (:mod:`..layers.fused`); the low-rank mixer fuses its ``pw_i``
+        weights once. The outputs are those of the default
         form up to float summation order (``tests`` check 1e-5 relative). Inference only:
         forward then refuses to run with gradients enabled, and the state dict has other keys
         (load weights before the switch).

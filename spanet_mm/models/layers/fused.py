@@ -4,7 +4,8 @@
 Each replaces "a 1x1 conv, then the residual add" by one GEMM on the ``(tokens, C)`` view of
 an NHWC (channels_last) map that adds the (scaled) shortcut as its accumulator, so the branch
 output is never written out and read back. :class:`FusedResidualMlp` also runs the MLP over
-blocks of tokens, so that its hidden map (``mlp_ratio`` times wider) stays in cache. Per
+blocks of tokens, so that its hidden map (``mlp_ratio`` times wider) stays in cache, and on
+CPUs applies an exact GELU inside its first GEMM (a oneDNN post-op). Per
 element they compute what the modules they replace compute, up to float summation order.
 They are inference layers: no autograd through the ``out=`` GEMMs, no drop path. On NCHW maps
 (GPUs, export) and under autocast with native lower-precision kernels they run the plain conv
@@ -69,6 +70,20 @@ def frozen(tensor: Optional[Tensor]) -> Optional[nn.Parameter]:
                                                     requires_grad=False)
 
 
+def gelu_in_gemm_applies(act: nn.Module, x: Tensor) -> bool:
+    """Whether ``act`` can run as the epilogue of oneDNN's CPU GEMM on ``x``: the exact (erf)
+    GELU, float32 CPU tensors, PyTorch built with oneDNN."""
+    return (type(act) is nn.GELU and act.approximate == 'none' and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and torch.backends.mkldnn.is_available())
+
+
+def linear_gelu(tokens: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``gelu(F.linear(tokens, weight, bias))`` (exact GELU) in one oneDNN GEMM that applies
+    the GELU to its output tiles (the fused op inductor emits for linear + GELU on CPU): the
+    wide hidden block is written once instead of written, read and written again."""
+    return torch.ops.mkldnn._linear_pointwise(tokens, weight, bias, 'gelu', [None], 'none')
+
+
 class FusedResidualConv1x1(nn.Module):
     """``shortcut * scale + conv1x1(x)`` as one GEMM (the deploy form of ``proj_out`` and the
     token mixer's residual add)."""
@@ -123,9 +138,13 @@ class FusedResidualMlp(nn.Module):
             base = scaled_shortcut(residual, self.scale, self.bias2)
             return map_of(torch.addmm(base, hidden, weight2_t), shortcut)
         out = torch.empty_like(residual)
+        gelu_in_gemm = gelu_in_gemm_applies(self.act, inputs)
         for start in range(0, inputs.shape[0], self.tokens_per_block):
             end = start + self.tokens_per_block
-            hidden = self.act(F.linear(inputs[start:end], weight1, self.bias1))
+            if gelu_in_gemm:
+                hidden = linear_gelu(inputs[start:end], weight1, self.bias1)
+            else:
+                hidden = self.act(F.linear(inputs[start:end], weight1, self.bias1))
             base = scaled_shortcut(residual[start:end], self.scale, self.bias2)
             torch.addmm(base, hidden, weight2_t, out=out[start:end])
         return map_of(out, shortcut)

@@ -230,13 +230,15 @@ def _random_scales(model):
     return model
 
 
+@pytest.mark.parametrize('act', ['GELU', 'ReLU'])  # GELU: inside the GEMM on CPU
 @pytest.mark.parametrize('channels_last', [True, False])
-def test_deployed_block_computes_the_block(channels_last):
+def test_deployed_block_computes_the_block(channels_last, act):
     """A deployed block (fused GEMMs on NHWC maps; plain convs on NCHW) against the block's
     own modules, with shortcut scales. (The whole deployed model against the official
     outputs: tests/test_models/test_backbones/test_spanet_official_outputs.py.)"""
     torch.manual_seed(0)
-    block = _random_scales(SPANetBlock(24, radius=1, shortcut_scale=True)).eval()
+    block = _random_scales(SPANetBlock(24, radius=1, shortcut_scale=True,
+                                       act_cfg=dict(type=act))).eval()
     x = torch.randn(2, 24, 13, 9)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -144,7 +144,8 @@ def test_float64_is_left_to_autocast(emulating_cpu):
 class LowPrecisionProducts(TorchDispatchMode):
     """Records every convolution and matrix product that runs on bfloat16 operands."""
 
-    PRODUCTS = {'convolution', 'mkldnn_convolution', 'mm', 'addmm', 'bmm', 'baddbmm'}
+    PRODUCTS = {'convolution', 'mkldnn_convolution', 'mm', 'addmm', 'bmm', 'baddbmm',
+                '_linear_pointwise'}  # the last: the deploy form's GEMM with GELU inside
 
     def __init__(self):
         super().__init__()
