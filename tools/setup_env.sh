@@ -16,6 +16,10 @@ python=${PYTHON:-python3.11}
 venv=$cache/venv-py311
 shared_wheels=$repo/../shared/wheels
 stamp_file=$venv/.spanet_mm_stamp
+# Present from the start of a build or update until it completes: found by a later run, it marks
+# an interrupted one (a half-upgraded pip, a missing package), which is removed and built again.
+building_file=$venv/.spanet_mm_building
+lock_file=$cache/.setup_env.lock
 
 stamp=$(cat "$repo"/requirements/*.txt "$repo/setup.py" "$0" | sha256sum | cut -d' ' -f1)
 link_venv() { ln -sfn "$venv" "$repo/.venv"; }
@@ -55,6 +59,20 @@ if [ "${1:-}" = "--check" ]; then  # only assert that the environment serves thi
     exit 0
 fi
 
+# One set-up at a time per cache (clones on one machine share the environment): a second run
+# waits for the first, then finds the environment ready.
+mkdir -p "$cache"
+exec 9>"$lock_file"
+if ! flock -n 9; then
+    echo "[setup_env] waiting for another set-up of $venv to finish"
+    flock 9
+fi
+
+if [ -e "$building_file" ]; then
+    echo "[setup_env] $venv is an unfinished set-up (interrupted): removing it to start over"
+    rm -rf "$venv"
+fi
+
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
     link_venv
     serve_this_clone
@@ -62,6 +80,8 @@ if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
 fi
 
 echo "[setup_env] building the environment in $venv (first run: several minutes)"
+mkdir -p "$venv"
+touch "$building_file"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip)
 "${pip[@]}" install -q --upgrade "pip<27" "setuptools<81" wheel
@@ -112,5 +132,6 @@ fi
 serve_this_clone
 mmcv_ops_ok || { echo "[setup_env] mmcv ops do not import after the install" >&2; exit 1; }
 echo "$stamp" > "$stamp_file"
+rm -f "$building_file"
 link_venv
 echo "[setup_env] ready: $repo/.venv -> $venv"
