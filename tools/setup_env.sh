@@ -16,8 +16,9 @@ python=${PYTHON:-python3.11}
 venv=$cache/venv-py311
 shared_wheels=$repo/../shared/wheels
 stamp_file=$venv/.spanet_mm_stamp
-# Present from the start of a build or update until it completes: found by a later run, it marks
-# an interrupted one (a half-upgraded pip, a missing package), which is removed and built again.
+# Present from the start of a build or update until it completes ("first" or "update"): found by
+# a later run, it marks one that was interrupted or failed. An unfinished first build, or any with
+# a broken pip (a killed self-upgrade), is removed and built again; an update is redone in place.
 building_file=$venv/.spanet_mm_building
 lock_file=$cache/.setup_env.lock
 
@@ -62,15 +63,26 @@ fi
 # One set-up at a time per cache (clones on one machine share the environment): a second run
 # waits for the first, then finds the environment ready.
 mkdir -p "$cache"
-exec 9>"$lock_file"
-if ! flock -n 9; then
-    echo "[setup_env] waiting for another set-up of $venv to finish"
-    flock 9
+if command -v flock >/dev/null; then
+    exec 9>"$lock_file"
+    if ! flock -n 9; then
+        echo "[setup_env] waiting for another set-up of $venv to finish (lock: $lock_file)"
+        flock 9
+    fi
+else
+    echo "[setup_env] WARNING: no flock here: concurrent set-ups of $venv are not serialized" >&2
 fi
 
 if [ -e "$building_file" ]; then
-    echo "[setup_env] $venv is an unfinished set-up (interrupted): removing it to start over"
-    rm -rf "$venv"
+    if [ "$(cat "$building_file")" = first ] \
+            || ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+        echo "[setup_env] $venv is an unfinished first set-up or has a broken pip" \
+             "(interrupted): removing it to start over"
+        rm -f "$stamp_file"  # first: a half-removed venv must not look finished
+        rm -rf "$venv"
+    else
+        echo "[setup_env] the last update of $venv did not finish: doing it again"
+    fi
 fi
 
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
@@ -80,9 +92,11 @@ if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ]; then
 fi
 
 echo "[setup_env] building the environment in $venv (first run: several minutes)"
+if [ -x "$venv/bin/python" ]; then build=update; else build=first; fi
 mkdir -p "$venv"
-touch "$building_file"
-[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+rm -f "$stamp_file"  # until this build completes, the environment is not the stamped one
+echo "$build" > "$building_file"
+[ "$build" = update ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip)
 "${pip[@]}" install -q --upgrade "pip<27" "setuptools<81" wheel
 "${pip[@]}" install -q torch==2.14.1 torchvision==0.29.1 "setuptools<81"

@@ -82,10 +82,17 @@ def remember_config_formatting() -> None:
     def format_once(text, style_items):
         return format_code(text, style_config=dict(style_items))
 
-    def remembering_format_code(text, style_config=None, **kwargs):
-        if kwargs or not isinstance(style_config, dict):
-            return format_code(text, style_config=style_config, **kwargs)
-        return format_once(text, tuple(sorted(style_config.items())))
+    def remembering_format_code(unformatted_source, *args, style_config=None, **kwargs):
+        # mmengine's call: the text and a dict of plain style options. Anything else goes to
+        # yapf as it is.
+        if args or kwargs or not isinstance(style_config, dict):
+            return format_code(unformatted_source, *args, style_config=style_config, **kwargs)
+        try:
+            style_items = tuple(sorted(style_config.items()))
+            hash(style_items)
+        except TypeError:  # options that cannot be a cache key
+            return format_code(unformatted_source, style_config=style_config)
+        return format_once(unformatted_source, style_items)
 
     config_module.FormatCode = remembering_format_code
 

@@ -29,43 +29,76 @@ def test_spanet_mm_is_this_checkout_from_any_directory():
         'the environment imports another checkout; run `make env` here')
 
 
-def _setup_env_copy(tmp_path):
+#: Stands in for python in tools/setup_env.sh: ``-m venv DIR`` makes a venv with this script as
+#: its interpreter, pip commands succeed, and the script's queries get this checkout's answers.
+PYTHON_STAND_IN = """#!/bin/sh
+case "$1 $2" in
+    "-m venv") mkdir -p "$3/bin" && cp "$0" "$3/bin/python" ;;
+    -c*) case "$2" in *spanet_mm*) echo "$STAND_IN_REPO" ;; *__version__*) echo 2.14.1 ;; esac ;;
+esac
+exit 0
+"""
+
+
+def _setup_env_copy(tmp_path, marker, with_python=True):
     """tools/setup_env.sh in a copy of the files it reads (so that nothing it does can touch
-    this checkout's .venv link), a cache with an environment whose set-up was interrupted,
-    and an interpreter stand-in that ends the script where it would create a fresh venv."""
+    this checkout's .venv link), a cache whose environment has the ``marker`` of a set-up
+    that did not finish (and a file it left), and a stand-in for python."""
     repo = tmp_path / 'repo'
     shutil.copytree(osp.join(REPO_ROOT, 'requirements'), repo / 'requirements')
     shutil.copy(osp.join(REPO_ROOT, 'setup.py'), repo)
     (repo / 'tools').mkdir()
     shutil.copy(osp.join(REPO_ROOT, 'tools', 'setup_env.sh'), repo / 'tools')
+    python = tmp_path / 'python-stand-in'
+    python.write_text(PYTHON_STAND_IN)
+    python.chmod(0o755)
     venv = tmp_path / 'cache' / 'venv-py311'
     (venv / 'bin').mkdir(parents=True)
-    (venv / '.spanet_mm_building').touch()  # what a killed set-up leaves
-    (venv / 'half_upgraded_pip').touch()
-    python = tmp_path / 'python-stand-in'
-    python.write_text('#!/bin/sh\necho "PYTHON $*"\nexit 7\n')
-    python.chmod(0o755)
-    env = dict(os.environ, SPANET_MM_CACHE=str(tmp_path / 'cache'), PYTHON=str(python))
+    if with_python:
+        shutil.copy(python, venv / 'bin' / 'python')
+    (venv / '.spanet_mm_building').write_text(marker + '\n')
+    (venv / 'left_over').touch()
+    env = dict(os.environ, SPANET_MM_CACHE=str(tmp_path / 'cache'), PYTHON=str(python),
+               STAND_IN_REPO=osp.realpath(repo))
     return repo / 'tools' / 'setup_env.sh', venv, env
 
 
-def test_interrupted_setup_is_built_again(tmp_path):
-    """An environment whose set-up was interrupted (a killed first ``make test``) is removed
-    and built from the start, instead of failing in its half-installed pip every run."""
-    script, venv, env = _setup_env_copy(tmp_path)
+def _set_up(script, env):
     result = subprocess.run(['bash', str(script)], env=env, capture_output=True, text=True,
                             timeout=60)
-    assert 'unfinished set-up (interrupted): removing it' in result.stdout, result.stdout
-    assert not (venv / 'half_upgraded_pip').exists()
-    assert result.returncode == 7 and f'PYTHON -m venv {venv}' in result.stdout
-    # That set-up failed too: it is marked unfinished in turn, for the next run to redo.
-    assert (venv / '.spanet_mm_building').exists()
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize('marker,with_python', [('first', True), ('update', False)],
+                         ids=['first-build', 'update-without-pip'])
+def test_interrupted_setup_is_built_again(tmp_path, marker, with_python):
+    """An unfinished first build (a killed first ``make test``), or any whose pip no longer
+    runs, is removed and built from the start, instead of failing in it every run; the
+    finished build is then stamped and used as it is."""
+    script, venv, env = _setup_env_copy(tmp_path, marker, with_python)
+    out = _set_up(script, env)
+    assert 'removing it to start over' in out, out
+    assert not (venv / 'left_over').exists() and (venv / 'bin' / 'python').exists()
+    assert not (venv / '.spanet_mm_building').exists()
+    assert (venv / '.spanet_mm_stamp').exists()
+    again = _set_up(script, env)
+    assert 'building' not in again and 'start over' not in again and 'again' not in again, again
+
+
+def test_unfinished_update_is_redone_in_place(tmp_path):
+    """An update that failed (pip offline, say) leaves a working environment: the next run
+    redoes the update in it rather than removing it."""
+    script, venv, env = _setup_env_copy(tmp_path, 'update')
+    out = _set_up(script, env)
+    assert 'did not finish: doing it again' in out and 'start over' not in out, out
+    assert (venv / 'left_over').exists() and not (venv / '.spanet_mm_building').exists()
 
 
 def test_one_setup_at_a_time(tmp_path):
     """Clones on one machine share the environment: a set-up waits while another holds the
     cache's lock (flock, as tools/setup_env.sh takes it) and only then touches the venv."""
-    script, venv, env = _setup_env_copy(tmp_path)
+    script, venv, env = _setup_env_copy(tmp_path, 'first')
     with open(tmp_path / 'cache' / '.setup_env.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         output = tmp_path / 'out.txt'
@@ -77,6 +110,6 @@ def test_one_setup_at_a_time(tmp_path):
             assert process.poll() is None and time.monotonic() < deadline, output.read_text()
             time.sleep(0.05)
         time.sleep(0.5)
-        assert process.poll() is None and (venv / 'half_upgraded_pip').exists()
-    assert process.wait(timeout=60) == 7, output.read_text()
-    assert not (venv / 'half_upgraded_pip').exists()
+        assert process.poll() is None and (venv / 'left_over').exists()
+    assert process.wait(timeout=60) == 0, output.read_text()
+    assert not (venv / 'left_over').exists()

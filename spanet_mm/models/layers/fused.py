@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .precision import float32_kernels_under_emulated_autocast
-from .spam import is_channels_last
+from .spam import is_channels_last, is_exporting
 
 
 def tokens_of(x: Tensor) -> Tensor:
@@ -72,15 +72,17 @@ def frozen(tensor: Optional[Tensor]) -> Optional[nn.Parameter]:
 
 def gelu_in_gemm_applies(act: nn.Module, x: Tensor) -> bool:
     """Whether ``act`` can run as the epilogue of oneDNN's CPU GEMM on ``x``: the exact (erf)
-    GELU, float32 CPU tensors, PyTorch built with oneDNN."""
+    GELU, float32 CPU tensors, oneDNN built and enabled, and not traced for export (ONNX has
+    no such op)."""
     return (type(act) is nn.GELU and act.approximate == 'none' and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and torch.backends.mkldnn.is_available())
+            and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled and not is_exporting())
 
 
 def linear_gelu(tokens: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """``gelu(F.linear(tokens, weight, bias))`` (exact GELU) in one oneDNN GEMM that applies
-    the GELU to its output tiles (the fused op inductor emits for linear + GELU on CPU): the
-    wide hidden block is written once instead of written, read and written again."""
+    the GELU to its output tiles (oneDNN's post-op, the op inductor's linear + GELU fusion
+    targets): the wide hidden block is written once instead of written, read and rewritten."""
     return torch.ops.mkldnn._linear_pointwise(tokens, weight, bias, 'gelu', [None], 'none')
 
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import saved_bytes
 from spanet_mm import SPANet
@@ -230,6 +231,24 @@ def _random_scales(model):
     return model
 
 
+class OpsRun(TorchDispatchMode):
+    """The names of the operators that run."""
+
+    def __enter__(self):
+        self.names = []
+        return super().__enter__()
+
+    def count(self, name):
+        return self.names.count(name)
+
+    def __repr__(self):
+        return repr(sorted(set(self.names)))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize('act', ['GELU', 'ReLU'])  # GELU: inside the GEMM on CPU
 @pytest.mark.parametrize('channels_last', [True, False])
 def test_deployed_block_computes_the_block(channels_last, act):
@@ -246,9 +265,14 @@ def test_deployed_block_computes_the_block(channels_last, act):
         expected = block(x)
         block.switch_to_deploy()
         block.mlp_residual.tokens_per_block = 50  # several blocks of tokens, the last partial
-        out = block(x)
+        with OpsRun() as ops:
+            out = block(x)
     assert block.deploy and not hasattr(block, 'mlp')
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # The GELU inside the GEMM: once per block of tokens, on NHWC maps only.
+    blocks_of_tokens = -(-2 * 13 * 9 // 50)
+    fused = channels_last and act == 'GELU'
+    assert ops.count('_linear_pointwise') == (blocks_of_tokens if fused else 0), ops
 
 
 def test_switch_to_deploy_is_explicit_and_inference_only():
