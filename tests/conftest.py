@@ -7,6 +7,7 @@ import tempfile
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SHARED_DIR = os.environ.get('SPANET_MM_SHARED', osp.join(osp.dirname(REPO_ROOT), 'shared'))
@@ -75,6 +76,26 @@ def saved_bytes(fn):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
     return total[0], out
+
+
+class OpsRun(TorchDispatchMode):
+    """Records every ATen operator that runs while active: its name and the dtypes of its
+    tensor arguments (``calls``, accumulated over every ``with`` block)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def count(self, name: str) -> int:
+        return sum(called == name for called, _ in self.calls)
+
+    def __repr__(self):
+        return repr(sorted({name for name, _ in self.calls}))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        dtypes = tuple(a.dtype for a in args if isinstance(a, torch.Tensor))
+        self.calls.append((func.overloadpacket.__name__, dtypes))
+        return func(*args, **(kwargs or {}))
 
 
 class FileCreatingPayload:

@@ -88,11 +88,9 @@ def remember_config_formatting() -> None:
         if args or kwargs or not isinstance(style_config, dict):
             return format_code(unformatted_source, *args, style_config=style_config, **kwargs)
         try:
-            style_items = tuple(sorted(style_config.items()))
-            hash(style_items)
+            return format_once(unformatted_source, tuple(sorted(style_config.items())))
         except TypeError:  # options that cannot be a cache key
             return format_code(unformatted_source, style_config=style_config)
-        return format_once(unformatted_source, style_items)
 
     config_module.FormatCode = remembering_format_code
 

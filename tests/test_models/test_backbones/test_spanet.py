@@ -2,9 +2,8 @@
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import saved_bytes
+from conftest import OpsRun, saved_bytes
 from spanet_mm import SPANet
 from spanet_mm.models.backbones.spanet import SPANetBlock
 
@@ -229,24 +228,6 @@ def _random_scales(model):
             if 'shortcut_scale' in name:
                 param.copy_(torch.rand(param.shape, generator=gen) + 0.5)
     return model
-
-
-class OpsRun(TorchDispatchMode):
-    """The names of the operators that run."""
-
-    def __enter__(self):
-        self.names = []
-        return super().__enter__()
-
-    def count(self, name):
-        return self.names.count(name)
-
-    def __repr__(self):
-        return repr(sorted(set(self.names)))
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize('act', ['GELU', 'ReLU'])  # GELU: inside the GEMM on CPU

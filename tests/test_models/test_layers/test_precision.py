@@ -10,8 +10,7 @@ import copy
 import pytest
 import torch
 
-from torch.utils._python_dispatch import TorchDispatchMode
-
+from conftest import OpsRun
 from spanet_mm.models import SPANet
 from spanet_mm.models.layers import AutocastConv2d, SpectralPoolingMixer, precision
 
@@ -141,21 +140,14 @@ def test_float64_is_left_to_autocast(emulating_cpu):
     assert got.dtype == torch.float64 and torch.equal(got, expected)
 
 
-class LowPrecisionProducts(TorchDispatchMode):
-    """Records every convolution and matrix product that runs on bfloat16 operands."""
+#: Convolutions and matrix products (the last: the deploy form's GEMM with the GELU inside).
+PRODUCTS = {'convolution', 'mkldnn_convolution', 'mm', 'addmm', 'bmm', 'baddbmm',
+            '_linear_pointwise'}
 
-    PRODUCTS = {'convolution', 'mkldnn_convolution', 'mm', 'addmm', 'bmm', 'baddbmm',
-                '_linear_pointwise'}  # the last: the deploy form's GEMM with GELU inside
 
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in self.PRODUCTS and any(
-                isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in args):
-            self.calls.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
+def bfloat16_products(ops: OpsRun) -> list:
+    """The convolutions and matrix products that ran on bfloat16 operands."""
+    return [name for name, dtypes in ops.calls if name in PRODUCTS and torch.bfloat16 in dtypes]
 
 
 @pytest.mark.parametrize('deploy', [False, True], ids=['default', 'deploy'])
@@ -165,14 +157,14 @@ def test_no_product_runs_in_bfloat16_kernels(deploy, emulating_cpu):
     model = SPANet(dict(layers=[1, 1, 1, 1], embed_dims=[16, 16, 24, 24])).eval()
     if deploy:
         model.switch_to_deploy()
-    recorder = LowPrecisionProducts()
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), recorder:
+    ops = OpsRun()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), ops:
         model(torch.randn(2, 3, 64, 64))
-    assert recorder.calls == []
+    assert bfloat16_products(ops) == []
     # The recorder sees them where they do run: native autocast's own conv.
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), recorder:
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), ops:
         torch.nn.functional.conv2d(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 1, 1))
-    assert recorder.calls == ['convolution']
+    assert bfloat16_products(ops) == ['convolution']
 
 
 @pytest.mark.slow  # a dynamo trace
