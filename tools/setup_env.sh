@@ -61,7 +61,10 @@ if [ "${1:-}" = "--check" ]; then  # only assert that the environment serves thi
 fi
 
 # One set-up at a time per cache (clones on one machine share the environment): a second run
-# waits for the first, then finds the environment ready.
+# waits for the first, then finds the environment ready. pip and the compilers inherit fd 9 on
+# purpose: if this script is killed while one of them still writes into the venv, the lock is
+# held until it exits. `--check` (above) takes no lock: it only reads, and .ci/run calls it after
+# its own set-up has finished.
 mkdir -p "$cache"
 if command -v flock >/dev/null; then
     exec 9>"$lock_file"

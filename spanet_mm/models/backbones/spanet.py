@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule, Sequential, trunc_normal_init
@@ -17,6 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...checkpoint import CheckpointMismatchError, CheckpointNotFoundError
 from ...registry import register_model
 from ..layers import SPECTRAL_IMPLS, AutocastConv2d, SpectralPoolingMixer
+from ..layers.activation import build_mlp_activation
 from ..layers.fused import FusedResidualConv1x1, FusedResidualMlp, scaled_map
 from ..layers.spam import is_channels_last, is_exporting
 
@@ -30,7 +31,7 @@ class ConvMlp(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, act_cfg: dict):
         super().__init__()
         self.fc1 = AutocastConv2d(in_channels, hidden_channels, 1)
-        self.act = build_activation_layer(act_cfg)
+        self.act = build_mlp_activation(act_cfg)
         self.fc2 = AutocastConv2d(hidden_channels, in_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .activation import ChannelsLastGELU
 from .precision import float32_kernels_under_emulated_autocast
 from .spam import is_channels_last, is_exporting
 
@@ -74,9 +75,10 @@ def gelu_in_gemm_applies(act: nn.Module, x: Tensor) -> bool:
     """Whether ``act`` can run as the epilogue of oneDNN's CPU GEMM on ``x``: the exact (erf)
     GELU, float32 CPU tensors, oneDNN built and enabled, and not traced for export (ONNX has
     no such op)."""
-    return (type(act) is nn.GELU and act.approximate == 'none' and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and not is_exporting())
+    return (type(act) in (nn.GELU, ChannelsLastGELU) and act.approximate == 'none'
+            and x.device.type == 'cpu' and x.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not is_exporting())
 
 
 def linear_gelu(tokens: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
