@@ -6,7 +6,8 @@ same memory seen as a contiguous ``(N, H, W, C)`` tensor: about 2x in forward an
 backward for a stage-1 hidden map (8x256x56x56, float32 and bfloat16; docs/benchmark.md).
 The other element-wise ops SPANet uses (add, mul) run equally fast in either view. So the
 GELU computes on the contiguous NHWC view of the map; the result is the same channels_last
-map, equal bit for bit to GELU of the NCHW map (the contiguous kernel).
+map, with the values of GELU of the NCHW map (the same contiguous kernel; only the elements
+that fall in its vectorized loop's tail can differ in the last bit).
 """
 import torch.nn as nn
 import torch.nn.functional as F
