@@ -4,6 +4,7 @@ import os
 import os.path as osp
 import sys
 import tempfile
+from typing import NamedTuple, Tuple
 
 import pytest
 import torch
@@ -78,23 +79,30 @@ def saved_bytes(fn):
     return total[0], out
 
 
+class OpCall(NamedTuple):
+    name: str  # the operator's overload packet, e.g. 'gelu'
+    dtypes: Tuple[torch.dtype, ...]  # of its tensor arguments
+    contiguous: bool  # whether all its tensor arguments are contiguous (NCHW-contiguous for maps)
+
+
 class OpsRun(TorchDispatchMode):
-    """Records every ATen operator that runs while active: its name and the dtypes of its
-    tensor arguments (``calls``, accumulated over every ``with`` block)."""
+    """Records every ATen operator that runs while active, backward included, as an
+    ``OpCall`` (``calls``, accumulated over every ``with`` block)."""
 
     def __init__(self):
         super().__init__()
         self.calls = []
 
     def count(self, name: str) -> int:
-        return sum(called == name for called, _ in self.calls)
+        return sum(call.name == name for call in self.calls)
 
     def __repr__(self):
-        return repr(sorted({name for name, _ in self.calls}))
+        return repr(sorted({call.name for call in self.calls}))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        dtypes = tuple(a.dtype for a in args if isinstance(a, torch.Tensor))
-        self.calls.append((func.overloadpacket.__name__, dtypes))
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        self.calls.append(OpCall(func.overloadpacket.__name__, tuple(t.dtype for t in tensors),
+                                 all(t.is_contiguous() for t in tensors)))
         return func(*args, **(kwargs or {}))
 
 

@@ -3,25 +3,10 @@
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import OpsRun
 from spanet_mm.models import SPANet
 from spanet_mm.models.layers.activation import ChannelsLastGELU
-
-
-class GeluInputs(TorchDispatchMode):
-    """Records, for every GELU kernel call (forward and backward), whether its input tensor is
-    contiguous."""
-
-    def __init__(self):
-        super().__init__()
-        self.contiguous = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in ('gelu', 'gelu_backward'):
-            self.contiguous.append(all(a.is_contiguous() for a in args
-                                       if isinstance(a, torch.Tensor)))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
@@ -39,13 +24,14 @@ def test_channels_last_gelu_is_gelu_of_the_nchw_map(dtype, approximate):
     reference = nn.GELU(approximate=approximate)(reference_input)
     reference.backward(grad)
 
-    with GeluInputs() as kernels:
+    with OpsRun() as ops:
         out = ChannelsLastGELU(approximate=approximate)(x)
         out.backward(grad.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, reference)
     torch.testing.assert_close(x.grad, reference_input.grad)
     assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
-    assert kernels.contiguous == [True, True]
+    gelu_kernels = [call for call in ops.calls if call.name in ('gelu', 'gelu_backward')]
+    assert [call.contiguous for call in gelu_kernels] == [True, True]
 
 
 def test_other_inputs_go_to_gelu_unchanged():

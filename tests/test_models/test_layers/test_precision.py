@@ -147,7 +147,8 @@ PRODUCTS = {'convolution', 'mkldnn_convolution', 'mm', 'addmm', 'bmm', 'baddbmm'
 
 def bfloat16_products(ops: OpsRun) -> list:
     """The convolutions and matrix products that ran on bfloat16 operands."""
-    return [name for name, dtypes in ops.calls if name in PRODUCTS and torch.bfloat16 in dtypes]
+    return [call.name for call in ops.calls
+            if call.name in PRODUCTS and torch.bfloat16 in call.dtypes]
 
 
 @pytest.mark.parametrize('deploy', [False, True], ids=['default', 'deploy'])
