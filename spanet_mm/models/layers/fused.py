@@ -8,13 +8,18 @@ blocks of tokens, so that its hidden map (``mlp_ratio`` times wider) stays in ca
 CPUs applies an exact GELU inside its first GEMM (a oneDNN post-op). Per
 element they compute what the modules they replace compute, up to float summation order.
 They are inference layers: no autograd through the ``out=`` GEMMs, no drop path. On NCHW maps
-(GPUs, export) and under autocast with native lower-precision kernels they run the plain conv
-and add. Under autocast without such kernels they compute in float32 and return the dtype of
-the unfused layers (:mod:`.precision`). Under ``torch.compile`` the fused MLP is one GEMM pair
+(GPUs, export) they run the plain conv and add.
+
+Under autocast they keep autocast's dtypes, with the casts made explicit (in-place and
+``out=`` GEMMs get none from autocast): the GEMMs run in the autocast dtype, on operands cast
+as autocast casts a conv's, and the sum has the dtype the unfused add gives (float32 where a
+float32 shortcut or scale enters; the product is then added to it, as the unfused add does).
+Where the CPU would emulate the autocast dtype, they compute in float32 instead and return
+the same dtypes (:mod:`.precision`). Under ``torch.compile`` the fused MLP is one GEMM pair
 over the whole map (``tokens_per_block`` is not used).
 """
 import functools
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -22,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activation import ChannelsLastGELU
-from .precision import float32_kernels_under_emulated_autocast
+from .precision import cpu_has_kernels, float32_kernels_under_emulated_autocast
 from .spam import is_channels_last, is_exporting
 
 
@@ -43,19 +48,18 @@ def scaled_map(shortcut: Tensor, scale: Optional[Tensor]) -> Tensor:
     return shortcut if scale is None else shortcut * scale.view(-1, 1, 1)
 
 
-def scaled_shortcut(tokens: Tensor, scale: Optional[Tensor], bias: Tensor) -> Tensor:
-    """``tokens * scale + bias`` (``tokens + bias`` without a scale), a new tensor: the GEMM's
-    accumulator, with the conv's bias in it."""
+def scaled_shortcut(tokens: Tensor, scale: Optional[Tensor], bias: Tensor,
+                    out: Optional[Tensor] = None) -> Tensor:
+    """``tokens * scale + bias`` (``tokens + bias`` without a scale), a new tensor or ``out``:
+    the GEMM's accumulator, with the conv's bias in it."""
     if scale is None:
-        return tokens + bias
-    return torch.addcmul(bias, tokens, scale)
+        return torch.add(tokens, bias, out=out)
+    return torch.addcmul(bias, tokens, scale, out=out)
 
 
 def fusable(x: Tensor, shortcut: Tensor) -> bool:
-    """Whether the fused GEMMs apply: NHWC maps of one dtype, outside autocast (whose casts
-    the ``out=`` GEMMs would not get)."""
-    return (is_channels_last(x) and is_channels_last(shortcut) and x.dtype == shortcut.dtype
-            and not torch.is_autocast_enabled(x.device.type))
+    """Whether the fused GEMMs apply: NHWC maps."""
+    return is_channels_last(x) and is_channels_last(shortcut)
 
 
 def residual_dtype(module: nn.Module, branch_dtype: torch.dtype, x: Tensor,
@@ -66,17 +70,43 @@ def residual_dtype(module: nn.Module, branch_dtype: torch.dtype, x: Tensor,
     return functools.reduce(torch.promote_types, dtypes, branch_dtype)
 
 
+def gemm_dtypes(module: nn.Module, x: Tensor, shortcut: Tensor) -> Tuple[torch.dtype,
+                                                                           torch.dtype]:
+    """``(product, result)`` dtypes of a fused layer: the products in the autocast dtype
+    under autocast (in ``x``'s dtype outside it), the sum in the unfused add's dtype."""
+    device = x.device.type
+    autocast = torch.is_autocast_enabled(device) and x.dtype != torch.float64  # left alone
+    product = torch.get_autocast_dtype(device) if autocast else x.dtype
+    return product, residual_dtype(module, product, x, shortcut)
+
+
+def accumulate_(base: Tensor, tokens: Tensor, weight_t: Tensor) -> Tensor:
+    """``base += tokens @ weight_t`` in place: one GEMM into ``base`` when the dtypes agree,
+    else the product in its operands' dtype added to ``base`` (as the unfused add sums a
+    lower-precision branch into a float32 shortcut)."""
+    if base.dtype == tokens.dtype:
+        return base.addmm_(tokens, weight_t)
+    return base.add_(tokens @ weight_t)
+
+
 def frozen(tensor: Optional[Tensor]) -> Optional[nn.Parameter]:
     return None if tensor is None else nn.Parameter(tensor.detach().clone(),
                                                     requires_grad=False)
 
 
+#: dtypes in which oneDNN's CPU GEMM has the GELU post-op on this machine (bfloat16 only
+#: with native kernels: PyTorch refuses its bfloat16 oneDNN GEMMs elsewhere). Evaluated
+#: once at import, as in :mod:`.precision`.
+GELU_IN_GEMM_DTYPES = (torch.float32, ) + ((torch.bfloat16, ) if cpu_has_kernels(
+    torch.bfloat16) else ())
+
+
 def gelu_in_gemm_applies(act: nn.Module, x: Tensor) -> bool:
     """Whether ``act`` can run as the epilogue of oneDNN's CPU GEMM on ``x``: the exact (erf)
-    GELU, float32 CPU tensors, oneDNN built and enabled, and not traced for export (ONNX has
-    no such op)."""
+    GELU, CPU tensors of a dtype in :data:`GELU_IN_GEMM_DTYPES`, oneDNN built and enabled,
+    and not traced for export (ONNX has no such op)."""
     return (type(act) in (nn.GELU, ChannelsLastGELU) and act.approximate == 'none'
-            and x.device.type == 'cpu' and x.dtype == torch.float32
+            and x.device.type == 'cpu' and x.dtype in GELU_IN_GEMM_DTYPES
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
             and not is_exporting())
 
@@ -102,9 +132,12 @@ class FusedResidualConv1x1(nn.Module):
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
         if not fusable(x, shortcut):
             return scaled_map(shortcut, self.scale) + F.conv2d(x, self.weight, self.bias)
-        base = scaled_shortcut(tokens_of(shortcut), self.scale, self.bias)
-        # The GEMM reads the transposed view as it is (no copy).
-        return map_of(base.addmm_(tokens_of(x), self.weight.flatten(1).t()), shortcut)
+        product, result = gemm_dtypes(self, x, shortcut)
+        with torch.autocast(x.device.type, enabled=False):  # the casts are explicit
+            base = scaled_shortcut(tokens_of(shortcut), self.scale, self.bias.to(result))
+            # The GEMM reads the transposed view as it is (no copy).
+            weight_t = self.weight.flatten(1).t().to(product)
+            return map_of(accumulate_(base, tokens_of(x).to(product), weight_t), shortcut)
 
 
 class FusedResidualMlp(nn.Module):
@@ -133,22 +166,27 @@ class FusedResidualMlp(nn.Module):
         if not fusable(x, shortcut):
             hidden = self.act(F.conv2d(x, self.weight1, self.bias1))
             return scaled_map(shortcut, self.scale) + F.conv2d(hidden, self.weight2, self.bias2)
-        inputs, residual = tokens_of(x), tokens_of(shortcut)
-        weight1, weight2_t = self.weight1.flatten(1), self.weight2.flatten(1).t()  # views
-        if torch.compiler.is_compiling():
-            # Whole-map GEMMs, in one graph: inductor fuses the activation and plans the
-            # buffers itself, while a loop of out= GEMMs into slices compiles into copies.
-            hidden = self.act(F.linear(inputs, weight1, self.bias1))
-            base = scaled_shortcut(residual, self.scale, self.bias2)
-            return map_of(torch.addmm(base, hidden, weight2_t), shortcut)
-        out = torch.empty_like(residual)
-        gelu_in_gemm = gelu_in_gemm_applies(self.act, inputs)
-        for start in range(0, inputs.shape[0], self.tokens_per_block):
-            end = start + self.tokens_per_block
-            if gelu_in_gemm:
-                hidden = linear_gelu(inputs[start:end], weight1, self.bias1)
-            else:
-                hidden = self.act(F.linear(inputs[start:end], weight1, self.bias1))
-            base = scaled_shortcut(residual[start:end], self.scale, self.bias2)
-            torch.addmm(base, hidden, weight2_t, out=out[start:end])
-        return map_of(out, shortcut)
+        product, result = gemm_dtypes(self, x, shortcut)
+        with torch.autocast(x.device.type, enabled=False):  # the casts are explicit
+            inputs, residual = tokens_of(x).to(product), tokens_of(shortcut)
+            weight1, bias1 = self.weight1.flatten(1).to(product), self.bias1.to(product)
+            weight2_t = self.weight2.flatten(1).t().to(product)  # a view, read as it is
+            bias2 = self.bias2.to(result)
+            if torch.compiler.is_compiling():
+                # Whole-map GEMMs, in one graph: inductor fuses the activation and plans the
+                # buffers itself, while a loop of out= GEMMs into slices compiles into copies.
+                hidden = self.act(F.linear(inputs, weight1, bias1))
+                base = scaled_shortcut(residual, self.scale, bias2)
+                return map_of(accumulate_(base, hidden, weight2_t), shortcut)
+            out = torch.empty(residual.shape, dtype=result, device=residual.device)
+            gelu_in_gemm = gelu_in_gemm_applies(self.act, inputs)
+            for start in range(0, inputs.shape[0], self.tokens_per_block):
+                end = start + self.tokens_per_block
+                if gelu_in_gemm:
+                    hidden = linear_gelu(inputs[start:end], weight1, bias1)
+                else:
+                    hidden = self.act(F.linear(inputs[start:end], weight1, bias1))
+                block = scaled_shortcut(residual[start:end], self.scale, bias2,
+                                        out=out[start:end])
+                accumulate_(block, hidden, weight2_t)
+            return map_of(out, shortcut)

@@ -1,9 +1,12 @@
-"""Autocast on CPUs without lower-precision kernels (spanet_mm/models/layers/precision.py).
+"""Autocast on CPUs without lower-precision kernels (spanet_mm/models/layers/precision.py),
+and the deploy form's fused layers under autocast (spanet_mm/models/layers/fused.py).
 
 The layers' float32 branch is forced on any CPU (``emulating_cpu``: the machine check says
-"no bfloat16 kernels"), so these tests check it on every machine. The reference for every value
-is PyTorch itself: ``F.conv2d`` / the modules outside autocast (float32 kernels), and the
-default (unfused) form of the model for the deploy form.
+"no bfloat16 kernels"), and so is their native branch (``native_cpu``: autocast's own
+bfloat16 kernels, which PyTorch emulates on a CPU without them), so these tests check both on
+every machine. The reference for every value is PyTorch itself: ``F.conv2d`` / the modules
+outside autocast (float32 kernels), and the default (unfused) form of the model or block
+under the same autocast for the deploy form.
 """
 import copy
 
@@ -12,6 +15,7 @@ import torch
 
 from conftest import OpsRun
 from spanet_mm.models import SPANet
+from spanet_mm.models.backbones.spanet import SPANetBlock
 from spanet_mm.models.layers import AutocastConv2d, SpectralPoolingMixer, precision
 
 CONVS = {  # the kinds of conv SPANet has
@@ -23,11 +27,35 @@ CONVS = {  # the kinds of conv SPANet has
 }
 
 
+def set_cpu_kernels(monkeypatch, native: bool) -> None:
+    monkeypatch.setattr(precision, '_CPU_HAS_KERNELS',
+                        {torch.bfloat16: native, torch.float16: native})
+
+
 @pytest.fixture
 def emulating_cpu(monkeypatch):
-    """A CPU without bfloat16 / float16 kernels, as this project's CI machine is."""
-    monkeypatch.setattr(precision, '_CPU_HAS_KERNELS',
-                        {torch.bfloat16: False, torch.float16: False})
+    """A CPU without bfloat16 / float16 kernels (AVX2 only, as some CI machines are)."""
+    set_cpu_kernels(monkeypatch, native=False)
+
+
+@pytest.fixture
+def native_cpu(monkeypatch):
+    """A CPU with bfloat16 / float16 kernels (AVX512-BF16, AMX): autocast runs its own."""
+    set_cpu_kernels(monkeypatch, native=True)
+
+
+def relative_error(a, b) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def perturbed(module):
+    """Biases and shortcut scales away from their init (0 and 1), so that a fused layer that
+    drops one is caught."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return module.eval()
 
 
 def expected_under_autocast(fn, x):
@@ -70,17 +98,17 @@ def test_lowrank_context_under_cpu_autocast(emulating_cpu):
                                rtol=0)
 
 
-def test_deploy_form_under_cpu_autocast_is_the_default_form(emulating_cpu):
-    """The deploy form's fused layers (float32 GEMMs there) give every stage the dtype and,
-    within bfloat16 round-off, the values of the default form under the same autocast: the
-    residual stream stays float32 where the shortcut scales (float32) make it so."""
+@pytest.mark.parametrize('cpu', ['emulating_cpu', 'native_cpu'])
+def test_deploy_form_under_cpu_autocast_is_the_default_form(cpu, request):
+    """The deploy form's fused layers (float32 GEMMs where bfloat16 is emulated, bfloat16
+    GEMMs where it is native) give every stage the dtype and, within bfloat16 round-off, the
+    values of the default form under the same autocast: the residual stream stays float32
+    where the shortcut scales (float32) make it so."""
+    request.getfixturevalue(cpu)
     torch.manual_seed(0)
     model = SPANet(dict(layers=[1, 1, 1, 1], embed_dims=[16, 16, 24, 24]), init_cfg=None)
     model.init_weights()
-    with torch.no_grad():  # biases and shortcut scales away from their init (0 and 1)
-        for param in model.parameters():
-            param.add_(0.1 * torch.randn_like(param))
-    model.eval()
+    model = perturbed(model)
     deployed = copy.deepcopy(model).switch_to_deploy()
     x = torch.randn(2, 3, 64, 64)
     stage_outputs = {}
@@ -95,7 +123,62 @@ def test_deploy_form_under_cpu_autocast_is_the_default_form(emulating_cpu):
     assert dtypes == [torch.bfloat16] * 2 + [torch.float32] * 2  # scales in stages 2 and 3
     assert [out.dtype for out in stage_outputs['deploy']] == dtypes
     for a, b in zip(stage_outputs['deploy'], stage_outputs['default']):
-        err = ((a.float() - b.float()).norm() / b.float().norm()).item()
+        err = relative_error(a, b)
+        assert err < 0.01, err
+
+
+#: The deployed block's GEMMs: ``proj_out`` with its residual, the MLP's two per block of tokens.
+FUSED_GEMMS = {'mm', 'addmm', 'addmm_', '_linear_pointwise'}
+
+
+@pytest.mark.parametrize('shortcut_scale, input_dtype, sum_dtype', [
+    (True, torch.float32, torch.float32),  # the float32 scale makes the sum float32
+    (False, torch.bfloat16, torch.bfloat16),
+], ids=['float32_sum', 'bfloat16_sum'])
+def test_deployed_block_under_native_cpu_autocast(shortcut_scale, input_dtype, sum_dtype,
+                                                  native_cpu):
+    """With native kernels the deployed block runs fused under autocast too: ``proj_out`` and
+    the MLP as bfloat16 GEMMs (no longer as convs), with the block's output dtype and, within
+    bfloat16 round-off, its values (its own modules under the same autocast)."""
+    torch.manual_seed(0)
+    block = perturbed(SPANetBlock(24, radius=1, shortcut_scale=shortcut_scale))
+    x = torch.randn(2, 24, 13, 9).to(input_dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        expected = block(x)
+        block.switch_to_deploy()
+        block.mlp_residual.tokens_per_block = 50  # several blocks of tokens, the last partial
+        with OpsRun() as ops:
+            out = block(x)
+    assert expected.dtype == sum_dtype and out.dtype == sum_dtype
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    err = relative_error(out, expected)
+    assert err < 0.01, err
+    # Left as convs: the mixer's proj_in, its two depthwise convs and the context's 1x1.
+    convs = [call for call in ops.calls if call.name == 'convolution']
+    assert len(convs) == 4 and all(torch.bfloat16 in call.dtypes for call in convs), convs
+    gemms = [call for call in ops.calls if call.name in FUSED_GEMMS]
+    assert len(gemms) == 1 + 2 * -(-2 * 13 * 9 // 50), ops
+    assert all(set(call.dtypes) == {torch.bfloat16} for call in gemms), gemms
+
+
+def test_traced_deploy_form_under_native_cpu_autocast(native_cpu):
+    """What ``torch.compile`` traces of the deployed model under autocast with native kernels
+    (the fused MLP as whole-map GEMMs), run as traced (``backend='eager'``), gives the stage
+    dtypes and, within bfloat16 round-off, the values of the default form."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = perturbed(SPANet(dict(layers=[1, 1, 1], embed_dims=[16, 16, 24], radius=[2, 1, 1]),
+                             out_indices=(0, 1, 2), init_cfg=None))
+    traced = torch.compile(copy.deepcopy(model).switch_to_deploy(), backend='eager',
+                           fullgraph=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        expected, got = model(x), traced(x)
+    torch._dynamo.reset()
+    assert [out.dtype for out in expected] == [torch.bfloat16] * 2 + [torch.float32]
+    assert [out.dtype for out in got] == [out.dtype for out in expected]
+    for a, b in zip(got, expected):
+        err = relative_error(a, b)
         assert err < 0.01, err
 
 
