@@ -3,7 +3,12 @@
 PoolFormer-S24 (mmpretrain), in one process.
 
 Every model is timed in the same loop, one iteration of each in turn (interleaved, so a noisy
-machine slows all of them alike), and the median over ``--repeats`` rounds is reported.
+machine slows all of them alike), and the median over ``--repeats`` rounds is reported. By
+default all models live in this process and share its heap; with ``--isolate`` each lives in
+a worker process of its own (as a deployed model does), still timed in turn, one at a time, so
+that no model's allocations shape another's: on CPU, glibc's heap adapts its mmap and trim
+thresholds to what is freed, and whether a large activation is served by reused heap pages or
+by freshly faulted ones (about 1.4 us per 4 KiB page) then depends on the other models.
 
 - forward: ``model.eval()`` under ``torch.no_grad()``. ``spanet-<arch>-deploy`` is the model
   after :meth:`SPANet.switch_to_deploy` (forward modes only).
@@ -32,6 +37,7 @@ Examples::
 import argparse
 import ctypes
 import json
+import multiprocessing
 import os
 import os.path as osp
 import platform
@@ -41,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -107,6 +114,9 @@ def parse_args():
     parser.add_argument('--compile', action='store_true',
                         help='also time the forward of torch.compile(model) (mode '
                         'forward_compile, float32; compiled in the warm-up round)')
+    parser.add_argument('--isolate', action='store_true',
+                        help='time each model in a worker process of its own (own heap), '
+                        'still interleaved and one at a time')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak memory steps')
     parser.add_argument('--json', metavar='OUT', help='also write the results as JSON')
     parser.add_argument('--memory-worker', action='store_true', help=argparse.SUPPRESS)
@@ -176,6 +186,10 @@ class Runner:
         with torch.no_grad():
             self.compiled(self.inputs)
 
+    def time(self, mode: str) -> float:
+        """Seconds of one ``mode`` step."""
+        return timed(getattr(self, mode), self.device)
+
     def bf16_error(self) -> float:
         """``||out_bf16 - out_fp32|| / ||out_fp32||`` over all outputs (eval, no grad)."""
         ref = self.forward(torch.float32)
@@ -196,6 +210,53 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
     fn()
     synchronize(device)
     return time.perf_counter() - start
+
+
+def worker_loop(conn, name: str, args) -> None:
+    """``--isolate``: one :class:`Runner` in this process; answers each request (a mode to
+    time, ``'bf16_error'``, or None to stop) with ``(ok, value)``."""
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        runner = Runner(name, args)
+        conn.send((True, (runner.params, os.getpid())))
+        for request in iter(conn.recv, None):
+            conn.send((True, runner.bf16_error() if request == 'bf16_error'
+                       else runner.time(request)))
+    except Exception:  # reported by the parent, which then stops
+        conn.send((False, traceback.format_exc()))
+
+
+class IsolatedRunner:
+    """A :class:`Runner` in a worker process of its own (``--isolate``), with its interface
+    for the timing loop: ``name``, ``params``, ``device``, ``time(mode)``, ``bf16_error()``."""
+
+    def __init__(self, name: str, args):
+        self.name, self.device = name, torch.device(args.device)
+        context = multiprocessing.get_context('spawn')  # a fresh interpreter and heap
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=worker_loop, args=(child, name, args),
+                                       daemon=True)
+        self.process.start()
+        self.params, self.pid = self._reply()
+
+    def _reply(self):
+        ok, value = self.conn.recv()
+        if not ok:
+            raise RuntimeError(f'benchmark worker of {self.name} failed:\n{value}')
+        return value
+
+    def time(self, mode: str) -> float:
+        self.conn.send(mode)
+        return self._reply()
+
+    def bf16_error(self) -> float:
+        self.conn.send('bf16_error')
+        return self._reply()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join()
 
 
 class PeakMemory:
@@ -276,7 +337,7 @@ def main():
         torch.set_num_threads(args.threads)
     from mmengine.utils import ProgressBar
 
-    runners = [Runner(name, args) for name in args.models]
+    runners = [(IsolatedRunner if args.isolate else Runner)(name, args) for name in args.models]
     # The FFT reference is not a compile target (its cached filters break the graph).
     # A deployed model is for inference: no training steps.
     steps = [(mode, runner) for mode in args.modes for runner in runners
@@ -289,12 +350,13 @@ def main():
     print(f'{len(runners)} models, {rounds} rounds ({args.warmup} warm-up), batch {args.batch}, '
           f'{args.size[0]}x{args.size[1]}, {args.dtype}, {args.device}, '
           f'{torch.get_num_threads()} threads' + (', channels_last' if args.channels_last
-                                                  else ''))
+                                                  else '') +
+          (', one process per model' if args.isolate else ''))
     memory_steps = [(mode, runner) for mode, runner in steps if mode in MEMORY_MODES]
     bar = ProgressBar(rounds * len(steps) + (0 if args.no_memory else len(memory_steps)))
     for round_idx in range(rounds):
         for mode, runner in steps:
-            elapsed = timed(getattr(runner, mode), device)
+            elapsed = runner.time(mode)
             if round_idx >= args.warmup:
                 times[mode][runner.name].append(elapsed)
             bar.update()
@@ -306,11 +368,14 @@ def main():
             bar.update()
     bf16_errors = {r.name: r.bf16_error() for r in runners} if 'forward_bf16' in args.modes \
         else {}
+    for runner in runners:
+        if args.isolate:
+            runner.close()
     sys.stdout.write('\n')
 
     results = {}
     for runner in runners:
-        row = dict(params_M=runner.params / 1e6)
+        row = dict(params_M=runner.params / 1e6, pid=getattr(runner, 'pid', os.getpid()))
         for mode in args.modes:
             if not times[mode][runner.name]:
                 row[f'{mode}_img_s'] = None
@@ -364,6 +429,7 @@ def main():
         meta = dict(command=' '.join([osp.basename(sys.executable)] + sys.argv),
                     batch=args.batch, size=args.size, dtype=args.dtype, device=args.device,
                     threads=torch.get_num_threads(), channels_last=args.channels_last,
+                    isolate=args.isolate,
                     repeats=args.repeats, torch=torch.__version__,
                     cpu=platform.processor() or platform.machine(),
                     memory_method=('cuda max_memory_allocated' if device.type == 'cuda' else
