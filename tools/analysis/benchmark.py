@@ -1,14 +1,15 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
 """Throughput and peak memory of SPANet ('auto' and 'fft' spectral pooling) against ConvNeXt-T and
-PoolFormer-S24 (mmpretrain), in one process.
+PoolFormer-S24 (mmpretrain), side by side.
 
 Every model is timed in the same loop, one iteration of each in turn (interleaved, so a noisy
 machine slows all of them alike), and the median over ``--repeats`` rounds is reported. By
-default all models live in this process and share its heap; with ``--isolate`` each lives in
-a worker process of its own (as a deployed model does), still timed in turn, one at a time, so
-that no model's allocations shape another's: on CPU, glibc's heap adapts its mmap and trim
-thresholds to what is freed, and whether a large activation is served by reused heap pages or
-by freshly faulted ones (about 1.4 us per 4 KiB page) then depends on the other models.
+default all models live in this process and share its heap. With ``--isolate`` each model and
+mode lives in a worker process of its own (as a deployed or a training model does), still
+timed in turn, one step at a time, so that no model's allocations shape another's: on CPU,
+glibc's heap adapts its mmap and trim thresholds to what is freed, so whether a large
+activation gets reused heap pages or freshly faulted ones (about 1.4 us per 4 KiB page here)
+depends on what ran before it.
 
 - forward: ``model.eval()`` under ``torch.no_grad()``. ``spanet-<arch>-deploy`` is the model
   after :meth:`SPANet.switch_to_deploy` (forward modes only).
@@ -18,6 +19,8 @@ by freshly faulted ones (about 1.4 us per 4 KiB page) then depends on the other 
   relative error ``||out_bf16 - out_fp32|| / ||out_fp32||`` of the outputs (eval, no grad).
 - forward_compile (``--compile``): the forward of ``torch.compile(model)`` (inductor, default
   options), compiled during the warm-up round; its memory is not measured.
+- minor page faults per step (JSON only, ``<mode>_minor_faults``, median): pages the step had
+  to fault in because its memory was fresh from the OS.
 - peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before
   the step; on CPU the rise of the process's peak resident memory (``VmHWM``, reset through
   ``/proc/self/clear_refs``) over its resident memory before the step, with glibc's mmap
@@ -33,6 +36,9 @@ Examples::
     # every mode in one run: eager, compiled and bf16 forward, the fp32 and bf16 training step
     python tools/analysis/benchmark.py --models spanet-s spanet-s-fft convnext-t --threads 2 \
         --modes forward train forward_bf16 train_bf16 --compile --json work_dirs/bench.json
+    # the same with each model and mode in a process of its own
+    python tools/analysis/benchmark.py --models spanet-s convnext-t --threads 2 --isolate \
+        --modes forward train forward_bf16 --compile --no-memory
 """
 import argparse
 import ctypes
@@ -48,7 +54,12 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
+
+try:
+    import resource  # Unix only: page-fault counts
+except ImportError:
+    resource = None
 
 import torch
 
@@ -115,8 +126,8 @@ def parse_args():
                         help='also time the forward of torch.compile(model) (mode '
                         'forward_compile, float32; compiled in the warm-up round)')
     parser.add_argument('--isolate', action='store_true',
-                        help='time each model in a worker process of its own (own heap), '
-                        'still interleaved and one at a time')
+                        help='time each model and mode in a worker process of its own (own '
+                        'heap), still interleaved and one at a time')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak memory steps')
     parser.add_argument('--json', metavar='OUT', help='also write the results as JSON')
     parser.add_argument('--memory-worker', action='store_true', help=argparse.SUPPRESS)
@@ -186,8 +197,8 @@ class Runner:
         with torch.no_grad():
             self.compiled(self.inputs)
 
-    def time(self, mode: str) -> float:
-        """Seconds of one ``mode`` step."""
+    def time(self, mode: str) -> Tuple[float, int]:
+        """Seconds and minor page faults of one ``mode`` step."""
         return timed(getattr(self, mode), self.device)
 
     def bf16_error(self) -> float:
@@ -204,12 +215,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], None], device: torch.device) -> float:
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where the OS does not count them)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> Tuple[float, int]:
+    """Seconds of ``fn()``, and the minor page faults it took (fresh memory, on CPU)."""
     synchronize(device)
+    faults = minor_faults()
     start = time.perf_counter()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, minor_faults() - faults
 
 
 def worker_loop(conn, name: str, args) -> None:
@@ -246,7 +264,7 @@ class IsolatedRunner:
             raise RuntimeError(f'benchmark worker of {self.name} failed:\n{value}')
         return value
 
-    def time(self, mode: str) -> float:
+    def time(self, mode: str) -> Tuple[float, int]:
         self.conn.send(mode)
         return self._reply()
 
@@ -337,58 +355,70 @@ def main():
         torch.set_num_threads(args.threads)
     from mmengine.utils import ProgressBar
 
-    runners = [(IsolatedRunner if args.isolate else Runner)(name, args) for name in args.models]
     # The FFT reference is not a compile target (its cached filters break the graph).
     # A deployed model is for inference: no training steps.
-    steps = [(mode, runner) for mode in args.modes for runner in runners
-             if not (mode == 'forward_compile' and runner.name.endswith('-fft'))
-             and not (mode.startswith('train') and runner.name.endswith('-deploy'))]
-    device = runners[0].device
-    times: Dict[str, Dict[str, List[float]]] = {m: {r.name: [] for r in runners}
+    steps = [(mode, name) for mode in args.modes for name in args.models
+             if not (mode == 'forward_compile' and name.endswith('-fft'))
+             and not (mode.startswith('train') and name.endswith('-deploy'))]
+    if args.isolate:  # a process per (model, mode): each runs one model one way, as deployed
+        timers = {step: IsolatedRunner(step[1], args) for step in steps}
+        params = {name: sum(p.numel() for p in build_model(name).parameters())
+                  for name in args.models}
+    else:
+        runners = {name: Runner(name, args) for name in args.models}
+        timers = {(mode, name): runners[name] for mode, name in steps}
+        params = {name: runner.params for name, runner in runners.items()}
+    device = torch.device(args.device)
+    times: Dict[str, Dict[str, List[float]]] = {m: {name: [] for name in args.models}
                                                 for m in args.modes}
+    faults: Dict[str, Dict[str, List[int]]] = {m: {name: [] for name in args.models}
+                                               for m in args.modes}
     rounds = args.warmup + args.repeats
-    print(f'{len(runners)} models, {rounds} rounds ({args.warmup} warm-up), batch {args.batch}, '
-          f'{args.size[0]}x{args.size[1]}, {args.dtype}, {args.device}, '
+    print(f'{len(args.models)} models, {rounds} rounds ({args.warmup} warm-up), batch '
+          f'{args.batch}, {args.size[0]}x{args.size[1]}, {args.dtype}, {args.device}, '
           f'{torch.get_num_threads()} threads' + (', channels_last' if args.channels_last
                                                   else '') +
-          (', one process per model' if args.isolate else ''))
-    memory_steps = [(mode, runner) for mode, runner in steps if mode in MEMORY_MODES]
+          (', one process per model and mode' if args.isolate else ''))
+    memory_steps = [(mode, name) for mode, name in steps if mode in MEMORY_MODES]
     bar = ProgressBar(rounds * len(steps) + (0 if args.no_memory else len(memory_steps)))
     for round_idx in range(rounds):
-        for mode, runner in steps:
-            elapsed = runner.time(mode)
+        for mode, name in steps:
+            elapsed, step_faults = timers[mode, name].time(mode)
             if round_idx >= args.warmup:
-                times[mode][runner.name].append(elapsed)
+                times[mode][name].append(elapsed)
+                faults[mode][name].append(step_faults)
             bar.update()
 
     memory: Dict[str, Dict[str, int]] = {m: {} for m in args.modes}
     if not args.no_memory:
-        for mode, runner in memory_steps:
-            memory[mode][runner.name] = measure_in_subprocess(runner.name, mode, args)
+        for mode, name in memory_steps:
+            memory[mode][name] = measure_in_subprocess(name, mode, args)
             bar.update()
-    bf16_errors = {r.name: r.bf16_error() for r in runners} if 'forward_bf16' in args.modes \
-        else {}
-    for runner in runners:
-        if args.isolate:
-            runner.close()
+    bf16_errors = {name: timer.bf16_error() for (mode, name), timer in timers.items()
+                   if mode == 'forward_bf16'}
+    if args.isolate:
+        for timer in timers.values():
+            timer.close()
     sys.stdout.write('\n')
 
     results = {}
-    for runner in runners:
-        row = dict(params_M=runner.params / 1e6, pid=getattr(runner, 'pid', os.getpid()))
+    for name in args.models:
+        row = dict(params_M=params[name] / 1e6)
         for mode in args.modes:
-            if not times[mode][runner.name]:
+            if not times[mode][name]:
                 row[f'{mode}_img_s'] = None
                 continue
-            median = statistics.median(times[mode][runner.name])
+            median = statistics.median(times[mode][name])
             row[f'{mode}_img_s'] = args.batch / median
             row[f'{mode}_s_per_batch'] = median
-            row[f'{mode}_times'] = times[mode][runner.name]
-            if runner.name in memory[mode]:
-                row[f'{mode}_peak_MiB'] = memory[mode][runner.name] / 2**20
-        if runner.name in bf16_errors:
-            row['bf16_rel_err'] = bf16_errors[runner.name]
-        results[runner.name] = row
+            row[f'{mode}_times'] = times[mode][name]
+            row[f'{mode}_minor_faults'] = statistics.median(faults[mode][name])
+            row[f'{mode}_pid'] = getattr(timers[mode, name], 'pid', os.getpid())
+            if name in memory[mode]:
+                row[f'{mode}_peak_MiB'] = memory[mode][name] / 2**20
+        if name in bf16_errors:
+            row['bf16_rel_err'] = bf16_errors[name]
+        results[name] = row
 
     def fft_of(name: str) -> Optional[str]:
         if name.startswith('spanet-') and not name.endswith('-fft'):
