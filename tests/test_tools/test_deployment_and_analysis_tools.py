@@ -135,3 +135,34 @@ def test_benchmark_smoke(tmp_path):
     assert result['spanet-s']['train_img_s'] > 0
     assert result['spanet-s']['train_peak_MiB'] > 0
     assert result['spanet-s-deploy']['train_img_s'] is None
+
+
+@pytest.mark.slow
+def test_benchmark_isolate_times_each_model_and_mode_in_a_process_of_its_own(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = run_python(
+        osp.join(REPO_ROOT, 'tools', 'analysis', 'benchmark.py'), '--models', 'spanet-s',
+        'convnext-t', '--modes', 'forward', 'forward_bf16', '--batch', '1', '--size', '32',
+        '--repeats', '1', '--warmup', '0', '--threads', '1', '--no-memory', '--isolate',
+        '--json', out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data['meta']['isolate'] is True
+    rows = data['results'].values()
+    pids = [row[f'{mode}_pid'] for row in rows for mode in ('forward', 'forward_bf16')]
+    assert len(set(pids)) == 4, pids
+    for row in rows:
+        assert row['forward_img_s'] > 0 and row['forward_bf16_img_s'] > 0
+        assert row['forward_minor_faults'] >= 0 and 0 < row['bf16_rel_err'] < 0.05
+
+
+@pytest.mark.slow
+def test_benchmark_isolate_reports_a_failing_worker(tmp_path):
+    """A worker's error reaches the user with its traceback (and nothing waits forever)."""
+    proc = run_python(
+        osp.join(REPO_ROOT, 'tools', 'analysis', 'benchmark.py'), '--models', 'spanet-s',
+        '--modes', 'forward', '--batch', '1', '--size', '16', '--repeats', '1', '--warmup', '0',
+        '--threads', '1', '--no-memory', '--isolate', timeout=120)
+    assert proc.returncode != 0
+    assert 'benchmark worker of spanet-s failed' in proc.stderr, proc.stderr[-3000:]
+    assert 'SPANet needs inputs of at least 32x32' in proc.stderr, proc.stderr[-3000:]
