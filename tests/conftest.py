@@ -79,6 +79,11 @@ def saved_bytes(fn):
     return total[0], out
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||`` in float32, as tools/analysis/benchmark.py reports it."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
 class OpCall(NamedTuple):
     name: str  # the operator's overload packet, e.g. 'gelu'
     dtypes: Tuple[torch.dtype, ...]  # of its tensor arguments

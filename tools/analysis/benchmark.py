@@ -247,10 +247,10 @@ def worker_loop(conn, name: str, args) -> None:
 
 class IsolatedRunner:
     """A :class:`Runner` in a worker process of its own (``--isolate``), with its interface
-    for the timing loop: ``name``, ``params``, ``device``, ``time(mode)``, ``bf16_error()``."""
+    for the timing loop: ``name``, ``params``, ``time(mode)``, ``bf16_error()``."""
 
     def __init__(self, name: str, args):
-        self.name, self.device = name, torch.device(args.device)
+        self.name = name
         context = multiprocessing.get_context('spawn')  # a fresh interpreter and heap
         self.conn, child = context.Pipe()
         self.process = context.Process(target=worker_loop, args=(child, name, args),

@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 
-from conftest import OpsRun
+from conftest import OpsRun, rel_err
 from spanet_mm.models import SPANet
 from spanet_mm.models.backbones.spanet import SPANetBlock
 from spanet_mm.models.layers import AutocastConv2d, SpectralPoolingMixer, precision
@@ -42,10 +42,6 @@ def emulating_cpu(monkeypatch):
 def native_cpu(monkeypatch):
     """A CPU with bfloat16 / float16 kernels (AVX512-BF16, AMX): autocast runs its own."""
     set_cpu_kernels(monkeypatch, native=True)
-
-
-def relative_error(a, b) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def perturbed(module):
@@ -123,7 +119,7 @@ def test_deploy_form_under_cpu_autocast_is_the_default_form(cpu, request):
     assert dtypes == [torch.bfloat16] * 2 + [torch.float32] * 2  # scales in stages 2 and 3
     assert [out.dtype for out in stage_outputs['deploy']] == dtypes
     for a, b in zip(stage_outputs['deploy'], stage_outputs['default']):
-        err = relative_error(a, b)
+        err = rel_err(a, b)
         assert err < 0.01, err
 
 
@@ -151,7 +147,7 @@ def test_deployed_block_under_native_cpu_autocast(shortcut_scale, input_dtype, s
             out = block(x)
     assert expected.dtype == sum_dtype and out.dtype == sum_dtype
     assert out.is_contiguous(memory_format=torch.channels_last)
-    err = relative_error(out, expected)
+    err = rel_err(out, expected)
     assert err < 0.01, err
     # Left as convs: the mixer's proj_in, its two depthwise convs and the context's 1x1.
     convs = [call for call in ops.calls if call.name == 'convolution']
@@ -178,7 +174,7 @@ def test_traced_deploy_form_under_native_cpu_autocast(native_cpu):
     assert [out.dtype for out in expected] == [torch.bfloat16] * 2 + [torch.float32]
     assert [out.dtype for out in got] == [out.dtype for out in expected]
     for a, b in zip(got, expected):
-        err = relative_error(a, b)
+        err = rel_err(a, b)
         assert err < 0.01, err
 
 
@@ -207,7 +203,7 @@ def test_training_under_cpu_autocast_matches_float32(emulating_cpu):
             out = model(x)[-1]
         out.float().square().mean().backward()
         grads[low] = torch.cat([p.grad.flatten() for p in model.parameters()])
-    err = ((grads[True] - grads[False]).norm() / grads[False].norm()).item()
+    err = rel_err(grads[True], grads[False])
     assert err < 0.03, err
 
 
