@@ -80,7 +80,8 @@ def saved_bytes(fn):
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b|| / ||b||`` in float32, as tools/analysis/benchmark.py reports it."""
+    """``||a - b|| / ||b||`` in float32 (tools/analysis/benchmark.py reports it over all of a
+    model's outputs at once)."""
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 

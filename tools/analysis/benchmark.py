@@ -127,7 +127,8 @@ def parse_args():
                         'forward_compile, float32; compiled in the warm-up round)')
     parser.add_argument('--isolate', action='store_true',
                         help='time each model and mode in a worker process of its own (own '
-                        'heap), still interleaved and one at a time')
+                        'heap), still interleaved and one at a time; all of them stay alive '
+                        'during the run, and a compile warm-up compiles without worker pools')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak memory steps')
     parser.add_argument('--json', metavar='OUT', help='also write the results as JSON')
     parser.add_argument('--memory-worker', action='store_true', help=argparse.SUPPRESS)
@@ -247,7 +248,11 @@ def worker_loop(conn, name: str, args) -> None:
 
 class IsolatedRunner:
     """A :class:`Runner` in a worker process of its own (``--isolate``), with its interface
-    for the timing loop: ``name``, ``params``, ``time(mode)``, ``bf16_error()``."""
+    for the timing loop: ``name``, ``params``, ``time(mode)``, ``bf16_error()``.
+
+    The worker is a daemon (it ends with this process). A worker that dies without an answer
+    (killed, out of memory, a crash in native code) is reported, not waited for.
+    """
 
     def __init__(self, name: str, args):
         self.name = name
@@ -256,21 +261,32 @@ class IsolatedRunner:
         self.process = context.Process(target=worker_loop, args=(child, name, args),
                                        daemon=True)
         self.process.start()
+        child.close()  # the worker's end: once the worker is gone, recv() sees end-of-file
         self.params, self.pid = self._reply()
 
     def _reply(self):
-        ok, value = self.conn.recv()
+        try:
+            ok, value = self.conn.recv()
+        except (EOFError, OSError):  # the worker is gone
+            self.process.join()
+            raise RuntimeError(f'benchmark worker of {self.name} exited with code '
+                               f'{self.process.exitcode} without an answer') from None
         if not ok:
             raise RuntimeError(f'benchmark worker of {self.name} failed:\n{value}')
         return value
 
-    def time(self, mode: str) -> Tuple[float, int]:
-        self.conn.send(mode)
+    def _ask(self, request: str):
+        try:
+            self.conn.send(request)
+        except OSError:  # the worker is gone: _reply says how
+            pass
         return self._reply()
 
+    def time(self, mode: str) -> Tuple[float, int]:
+        return self._ask(mode)
+
     def bf16_error(self) -> float:
-        self.conn.send('bf16_error')
-        return self._reply()
+        return self._ask('bf16_error')
 
     def close(self) -> None:
         self.conn.send(None)
@@ -362,8 +378,9 @@ def main():
              and not (mode.startswith('train') and name.endswith('-deploy'))]
     if args.isolate:  # a process per (model, mode): each runs one model one way, as deployed
         timers = {step: IsolatedRunner(step[1], args) for step in steps}
-        params = {name: sum(p.numel() for p in build_model(name).parameters())
-                  for name in args.models}
+        params = {name: timer.params for (_, name), timer in timers.items()}
+        for name in set(args.models) - set(params):  # no step to run (deploy, train only)
+            params[name] = sum(p.numel() for p in build_model(name).parameters())
     else:
         runners = {name: Runner(name, args) for name in args.models}
         timers = {(mode, name): runners[name] for mode, name in steps}

@@ -6,11 +6,14 @@ an NHWC (channels_last) map that adds the (scaled) shortcut as its accumulator, 
 output is never written out and read back. :class:`FusedResidualMlp` also runs the MLP over
 blocks of tokens, so that its hidden map (``mlp_ratio`` times wider) stays in cache, and on
 CPUs applies an exact GELU inside its first GEMM (a oneDNN post-op). Per
-element they compute what the modules they replace compute, up to float summation order.
-They are inference layers: no autograd through the ``out=`` GEMMs, no drop path. On NCHW maps
-(GPUs, export) they run the plain conv and add.
+element they compute what the modules they replace compute, up to float summation order
+(under autocast, up to its round-off: the bias and the GELU see the GEMM's float32
+accumulator before it is rounded). They are inference layers: no autograd through the
+``out=`` GEMMs, no drop path. On NCHW maps (GPUs, export), under autocast on other devices than
+the CPU, and on operands the unfused conv would refuse (a dtype other than the weights')
+they run the plain conv and add.
 
-Under autocast they keep autocast's dtypes, with the casts made explicit (in-place and
+Under CPU autocast they keep autocast's dtypes, with the casts made explicit (in-place and
 ``out=`` GEMMs get none from autocast): the GEMMs run in the autocast dtype, on operands cast
 as autocast casts a conv's, and the sum has the dtype the unfused add gives (float32 where a
 float32 shortcut or scale enters; the product is then added to it, as the unfused add does).
@@ -57,9 +60,23 @@ def scaled_shortcut(tokens: Tensor, scale: Optional[Tensor], bias: Tensor,
     return torch.addcmul(bias, tokens, scale, out=out)
 
 
-def fusable(x: Tensor, shortcut: Tensor) -> bool:
-    """Whether the fused GEMMs apply: NHWC maps."""
-    return is_channels_last(x) and is_channels_last(shortcut)
+def autocast_casts(x: Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device and would cast ``x`` (it leaves float64
+    alone)."""
+    return torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32,
+                                                                  torch.float16,
+                                                                  torch.bfloat16)
+
+
+def fusable(x: Tensor, shortcut: Tensor, weight: Tensor) -> bool:
+    """Whether the fused GEMMs apply: NHWC maps, and operands the unfused conv takes, which
+    CPU autocast casts (autocast on other devices keeps their convs: not measured there) or
+    which have the weights' dtype."""
+    if not (is_channels_last(x) and is_channels_last(shortcut)):
+        return False
+    if autocast_casts(x):
+        return x.device.type == 'cpu'
+    return x.dtype == weight.dtype
 
 
 def residual_dtype(module: nn.Module, branch_dtype: torch.dtype, x: Tensor,
@@ -74,9 +91,7 @@ def gemm_dtypes(module: nn.Module, x: Tensor, shortcut: Tensor) -> Tuple[torch.d
                                                                            torch.dtype]:
     """``(product, result)`` dtypes of a fused layer: the products in the autocast dtype
     under autocast (in ``x``'s dtype outside it), the sum in the unfused add's dtype."""
-    device = x.device.type
-    autocast = torch.is_autocast_enabled(device) and x.dtype != torch.float64  # left alone
-    product = torch.get_autocast_dtype(device) if autocast else x.dtype
+    product = torch.get_autocast_dtype(x.device.type) if autocast_casts(x) else x.dtype
     return product, residual_dtype(module, product, x, shortcut)
 
 
@@ -130,12 +145,12 @@ class FusedResidualConv1x1(nn.Module):
 
     @float32_kernels_under_emulated_autocast(result_dtype=residual_dtype)
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
-        if not fusable(x, shortcut):
+        if not fusable(x, shortcut, self.weight):
             return scaled_map(shortcut, self.scale) + F.conv2d(x, self.weight, self.bias)
         product, result = gemm_dtypes(self, x, shortcut)
         with torch.autocast(x.device.type, enabled=False):  # the casts are explicit
             base = scaled_shortcut(tokens_of(shortcut), self.scale, self.bias.to(result))
-            # The GEMM reads the transposed view as it is (no copy).
+            # The GEMM reads the transposed view as it is (no copy unless cast).
             weight_t = self.weight.flatten(1).t().to(product)
             return map_of(accumulate_(base, tokens_of(x).to(product), weight_t), shortcut)
 
@@ -148,8 +163,9 @@ class FusedResidualMlp(nn.Module):
         mlp (nn.Module): The block's MLP, with 1x1 convs ``fc1``, ``fc2`` and ``act``.
         scale (Tensor, optional): The shortcut scale, or None.
         tokens_per_block (int): Tokens per block. The hidden block then takes
-            ``tokens_per_block x hidden x 4`` bytes (4 MiB for 4096 tokens and 256 channels):
-            within the last-level cache, and large enough to keep the GEMMs efficient.
+            ``tokens_per_block x hidden`` elements (4 MiB in float32 for 4096 tokens and 256
+            channels): within the last-level cache, and large enough to keep the GEMMs
+            efficient.
     """
 
     def __init__(self, mlp: nn.Module, scale: Optional[Tensor], tokens_per_block: int = 4096):
@@ -163,14 +179,14 @@ class FusedResidualMlp(nn.Module):
 
     @float32_kernels_under_emulated_autocast(result_dtype=residual_dtype)
     def forward(self, x: Tensor, shortcut: Tensor) -> Tensor:
-        if not fusable(x, shortcut):
+        if not fusable(x, shortcut, self.weight1):
             hidden = self.act(F.conv2d(x, self.weight1, self.bias1))
             return scaled_map(shortcut, self.scale) + F.conv2d(hidden, self.weight2, self.bias2)
         product, result = gemm_dtypes(self, x, shortcut)
         with torch.autocast(x.device.type, enabled=False):  # the casts are explicit
             inputs, residual = tokens_of(x).to(product), tokens_of(shortcut)
             weight1, bias1 = self.weight1.flatten(1).to(product), self.bias1.to(product)
-            weight2_t = self.weight2.flatten(1).t().to(product)  # a view, read as it is
+            weight2_t = self.weight2.flatten(1).t().to(product)  # a view unless cast
             bias2 = self.bias2.to(result)
             if torch.compiler.is_compiling():
                 # Whole-map GEMMs, in one graph: inductor fuses the activation and plans the

@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import OpsRun, rel_err
 from spanet_mm.models import SPANet
@@ -135,7 +136,9 @@ def test_deployed_block_under_native_cpu_autocast(shortcut_scale, input_dtype, s
                                                   native_cpu):
     """With native kernels the deployed block runs fused under autocast too: ``proj_out`` and
     the MLP as bfloat16 GEMMs (no longer as convs), with the block's output dtype and, within
-    bfloat16 round-off, its values (its own modules under the same autocast)."""
+    bfloat16 round-off, its values (its own modules under the same autocast). The GELU runs
+    inside the bfloat16 GEMM only on a CPU that really has the kernels (PyTorch refuses the
+    oneDNN bfloat16 GEMM elsewhere); elsewhere it runs after it."""
     torch.manual_seed(0)
     block = perturbed(SPANetBlock(24, radius=1, shortcut_scale=shortcut_scale))
     x = torch.randn(2, 24, 13, 9).to(input_dtype).contiguous(memory_format=torch.channels_last)
@@ -159,23 +162,46 @@ def test_deployed_block_under_native_cpu_autocast(shortcut_scale, input_dtype, s
 
 def test_traced_deploy_form_under_native_cpu_autocast(native_cpu):
     """What ``torch.compile`` traces of the deployed model under autocast with native kernels
-    (the fused MLP as whole-map GEMMs), run as traced (``backend='eager'``), gives the stage
-    dtypes and, within bfloat16 round-off, the values of the default form."""
+    (the fused MLP as whole-map GEMMs, no convs for ``proj_out`` and the MLP), run as traced,
+    gives the stage dtypes and, within bfloat16 round-off, the values of the default form."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = perturbed(SPANet(dict(layers=[1, 1, 1], embed_dims=[16, 16, 24], radius=[2, 1, 1]),
                              out_indices=(0, 1, 2), init_cfg=None))
-    traced = torch.compile(copy.deepcopy(model).switch_to_deploy(), backend='eager',
+    convs = []
+
+    def recording_backend(graph_module, example_inputs):
+        convs.extend(node for node in graph_module.graph.nodes
+                     if node.op == 'call_function' and node.target in (torch.conv2d, F.conv2d))
+        return graph_module  # runs the traced graph as it is
+
+    traced = torch.compile(copy.deepcopy(model).switch_to_deploy(), backend=recording_backend,
                            fullgraph=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         expected, got = model(x), traced(x)
     torch._dynamo.reset()
+    assert len(convs) == 3 + 3 * 4, convs  # stem, 2 downsamplings; the mixers' 4 per block
     assert [out.dtype for out in expected] == [torch.bfloat16] * 2 + [torch.float32]
     assert [out.dtype for out in got] == [out.dtype for out in expected]
     for a, b in zip(got, expected):
         err = rel_err(a, b)
         assert err < 0.01, err
+
+
+def test_fused_layers_refuse_what_their_convs_refuse():
+    """Outside autocast a bfloat16 map does not meet float32 weights in a conv; nor in the
+    deployed block's fused GEMMs, which do not cast them silently."""
+    torch.manual_seed(0)
+    block = SPANetBlock(16, radius=1).eval()
+    x = torch.randn(1, 16, 9, 9).bfloat16().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match='should be the same'):
+            block.mlp.fc1(x)
+        block.switch_to_deploy()
+        for fused in (block.mixer_residual, block.mlp_residual):
+            with pytest.raises(RuntimeError, match='should be the same'):
+                fused(x, x)
 
 
 def test_every_conv_of_spanet_follows_autocast():
