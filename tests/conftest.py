@@ -85,6 +85,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def perturbed(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` in eval mode with every parameter moved by 0.1 * N(0, 1) (seed 1): biases and
+    shortcut scales away from their init (0 and 1), so that a fused layer that drops one is
+    caught."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=gen).to(param))
+    return module.eval()
+
+
 class OpCall(NamedTuple):
     name: str  # the operator's overload packet, e.g. 'gelu'
     dtypes: Tuple[torch.dtype, ...]  # of its tensor arguments

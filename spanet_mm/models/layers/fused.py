@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .activation import ChannelsLastGELU
-from .precision import cpu_has_kernels, float32_kernels_under_emulated_autocast
+from .precision import (autocast_dtype, cpu_has_kernels,
+                        float32_kernels_under_emulated_autocast)
 from .spam import is_channels_last, is_exporting
 
 
@@ -60,21 +61,13 @@ def scaled_shortcut(tokens: Tensor, scale: Optional[Tensor], bias: Tensor,
     return torch.addcmul(bias, tokens, scale, out=out)
 
 
-def autocast_casts(x: Tensor) -> bool:
-    """Whether autocast is on for ``x``'s device and would cast ``x`` (it leaves float64
-    alone)."""
-    return torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32,
-                                                                  torch.float16,
-                                                                  torch.bfloat16)
-
-
 def fusable(x: Tensor, shortcut: Tensor, weight: Tensor) -> bool:
     """Whether the fused GEMMs apply: NHWC maps, and operands the unfused conv takes, which
     CPU autocast casts (autocast on other devices keeps their convs: not measured there) or
     which have the weights' dtype."""
     if not (is_channels_last(x) and is_channels_last(shortcut)):
         return False
-    if autocast_casts(x):
+    if autocast_dtype(x) is not None:
         return x.device.type == 'cpu'
     return x.dtype == weight.dtype
 
@@ -91,7 +84,7 @@ def gemm_dtypes(module: nn.Module, x: Tensor, shortcut: Tensor) -> Tuple[torch.d
                                                                            torch.dtype]:
     """``(product, result)`` dtypes of a fused layer: the products in the autocast dtype
     under autocast (in ``x``'s dtype outside it), the sum in the unfused add's dtype."""
-    product = torch.get_autocast_dtype(x.device.type) if autocast_casts(x) else x.dtype
+    product = autocast_dtype(x) or x.dtype
     return product, residual_dtype(module, product, x, shortcut)
 
 

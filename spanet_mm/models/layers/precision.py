@@ -36,14 +36,20 @@ def cpu_has_kernels(dtype: torch.dtype) -> bool:
 _CPU_HAS_KERNELS = {dtype: cpu_has_kernels(dtype) for dtype in (torch.bfloat16, torch.float16)}
 
 
+def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast casts ``x`` to for a conv or GEMM on its device, or None (autocast
+    off there, or ``x`` one it leaves alone: float64)."""
+    device = x.device.type
+    if x.dtype == torch.float64 or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
 def emulated_autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
     """The autocast dtype if autocast is on for ``x``'s device and this CPU would emulate its
     kernels, else None."""
-    if (x.device.type != 'cpu' or x.dtype == torch.float64
-            or not torch.is_autocast_enabled('cpu')):
-        return None  # autocast leaves float64 alone
-    dtype = torch.get_autocast_dtype('cpu')
-    return None if _CPU_HAS_KERNELS.get(dtype, True) else dtype
+    dtype = autocast_dtype(x) if x.device.type == 'cpu' else None
+    return None if dtype is None or _CPU_HAS_KERNELS.get(dtype, True) else dtype
 
 
 def float32_kernels_under_emulated_autocast(forward: Optional[Callable] = None, *,

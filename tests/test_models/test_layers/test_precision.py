@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import OpsRun, rel_err
+from conftest import OpsRun, perturbed, rel_err
 from spanet_mm.models import SPANet
 from spanet_mm.models.backbones.spanet import SPANetBlock
 from spanet_mm.models.layers import AutocastConv2d, SpectralPoolingMixer, precision
@@ -43,16 +43,6 @@ def emulating_cpu(monkeypatch):
 def native_cpu(monkeypatch):
     """A CPU with bfloat16 / float16 kernels (AVX512-BF16, AMX): autocast runs its own."""
     set_cpu_kernels(monkeypatch, native=True)
-
-
-def perturbed(module):
-    """Biases and shortcut scales away from their init (0 and 1), so that a fused layer that
-    drops one is caught."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(0.1 * torch.randn_like(param))
-    return module.eval()
 
 
 def expected_under_autocast(fn, x):

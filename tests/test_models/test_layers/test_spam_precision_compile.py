@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import rel_err
+from conftest import perturbed, rel_err
 from spanet_mm.models import SPANet
 from spanet_mm.models.layers import SPECTRAL_LAMBDAS, SpectralPoolingMixer, spectral_pool_fft
 from spanet_mm.models.layers.spectral_pooling import fourier_modes
@@ -81,10 +81,7 @@ def test_compile_backbone_same_outputs(deploy):
     torch.manual_seed(0)
     model = SPANet(dict(layers=[1, 1], embed_dims=[16, 24], radius=[2, 1]), out_indices=(0, 1))
     model.init_weights()
-    with torch.no_grad():  # biases and shortcut scales away from their init (0 and 1)
-        for param in model.parameters():
-            param.add_(0.1 * torch.randn_like(param))
-    model.eval()
+    model = perturbed(model)
     compiled = torch.compile(copy.deepcopy(model).switch_to_deploy() if deploy else model)
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
