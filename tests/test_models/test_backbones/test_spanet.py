@@ -40,6 +40,24 @@ def test_presets_match_official_sizes():
         assert sum(p.numel() for p in model.parameters()) == count, name
 
 
+@pytest.mark.parametrize('arch', ['s', 'b'])  # between them every preset width
+def test_presets_split_channels_as_torch_chunk(arch):
+    # The official mixer splits with torch.chunk(x, 3, dim=1): ceil-sized chunks, the last
+    # takes the rest (64 -> 22, 22, 20; tensor_split would give 22, 21, 21), which the
+    # official pw_i weights are shaped for. Widths divisible by 3 split into equal thirds.
+    model = SPANet(arch=arch, init_cfg=None)
+    for stage in model.stages:
+        mixer = stage[0].token_mixer
+        dim = mixer.proj_in.in_channels
+        expected = [chunk.shape[1] for chunk in torch.chunk(torch.empty(1, dim), 3, dim=1)]
+        assert [p.in_channels for p in mixer.spectral_projs] == expected, dim
+    spec = {64: [22, 22, 20], 128: [43, 43, 42], 320: [107, 107, 106], 512: [171, 171, 170],
+            96: [32] * 3, 192: [64] * 3, 384: [128] * 3, 768: [256] * 3}
+    for stage in model.stages:
+        mixer = stage[0].token_mixer
+        assert mixer.chunk_sizes == spec[mixer.proj_in.in_channels]
+
+
 def test_custom_arch_structure():
     model = build(arch=dict(layers=[1, 2, 1, 1], embed_dims=[8, 16, 24, 32],
                             mlp_ratios=[2, 3, 4, 4], radius=[1, 2, 0, 1]), out_indices=(0, 1, 2, 3))
@@ -230,15 +248,22 @@ def _random_scales(model):
     return model
 
 
-@pytest.mark.parametrize('act', ['GELU', 'ReLU'])  # GELU: inside the GEMM on CPU
+# The exact GELU runs inside the first GEMM on CPU; the tanh GELU and ReLU must not.
+ACTIVATIONS = {'GELU': dict(type='GELU'), 'GELU-tanh': dict(type='GELU', approximate='tanh'),
+               'ReLU': dict(type='ReLU')}
+
+
+@pytest.mark.parametrize('impl', ['auto', 'fft'])
+@pytest.mark.parametrize('act', list(ACTIVATIONS))
 @pytest.mark.parametrize('channels_last', [True, False])
-def test_deployed_block_computes_the_block(channels_last, act):
+def test_deployed_block_computes_the_block(channels_last, act, impl):
     """A deployed block (fused GEMMs on NHWC maps; plain convs on NCHW) against the block's
-    own modules, with shortcut scales. (The whole deployed model against the official
-    outputs: tests/test_models/test_backbones/test_spanet_official_outputs.py.)"""
+    own modules, with shortcut scales, for both mixer formulations (the FFT reference keeps its
+    ``pw_i`` modules). (The whole deployed model against the official outputs:
+    tests/test_models/test_backbones/test_spanet_official_outputs.py.)"""
     torch.manual_seed(0)
-    block = _random_scales(SPANetBlock(24, radius=1, shortcut_scale=True,
-                                       act_cfg=dict(type=act))).eval()
+    block = _random_scales(SPANetBlock(24, radius=1, shortcut_scale=True, spectral_impl=impl,
+                                       act_cfg=ACTIVATIONS[act])).eval()
     x = torch.randn(2, 24, 13, 9)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
