@@ -107,8 +107,27 @@ def load_local_checkpoint(filename: str, map_location=None) -> Any:
 CheckpointLoader.register_scheme(prefixes='', force=True)(load_local_checkpoint)
 
 
+def model_state_dict(checkpoint, source=None) -> dict:
+    """The model's tensors in a loaded checkpoint, keyed as the model names them.
+
+    The state dict sits under ``'state_dict'`` (mmengine, timm), under ``'model'`` (DeiT-style
+    files) or is the file itself (the official releases); a model saved wrapped in DDP has
+    every key prefixed with ``module.``, which is removed, as mmengine's loader removes it
+    (the default ``revise_keys`` of ``load_checkpoint``). Raises
+    :class:`CheckpointMismatchError` when there is no state dict.
+    """
+    state_dict = checkpoint
+    if isinstance(checkpoint, dict):
+        state_dict = checkpoint.get('state_dict', checkpoint.get('model', checkpoint))
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise CheckpointMismatchError(
+            f'{source or "the checkpoint"} holds no state dict (found '
+            f'{type(state_dict).__name__}); it is not a model checkpoint.')
+    return {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}
+
+
 def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
-                     allowed_missing=(), source=None) -> None:
+                     allowed_missing=(), source=None) -> dict:
     """Refuses a checkpoint whose tensors do not fit ``own`` (a model's state dict).
 
     The one compatibility check of the project: :class:`~spanet_mm.engine.CheckpointCheckHook`
@@ -116,16 +135,12 @@ def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
     tools. Raises :class:`CheckpointMismatchError` when a tensor under ``strict_prefixes`` is
     missing (unless ``allowed_missing`` matches it), has another shape or has no counterpart
     in the model, or when no tensor fits at all; other misfits are logged as a warning.
+
+    Returns:
+        dict: The checked state dict (:func:`model_state_dict`), the one to load.
     """
     name = source or 'the checkpoint'
-    state_dict = checkpoint
-    if isinstance(checkpoint, dict):
-        state_dict = checkpoint.get('state_dict', checkpoint.get('model', checkpoint))
-    if not isinstance(state_dict, dict) or not state_dict:
-        raise CheckpointMismatchError(
-            f'{name} holds no state dict (found {type(state_dict).__name__}); it is not a '
-            'model checkpoint.')
-    state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}
+    state_dict = model_state_dict(checkpoint, source)
     allowed = [re.compile(p) if isinstance(p, str) else p for p in allowed_missing]
     fitting = [k for k, v in own.items()
                if k in state_dict and getattr(state_dict[k], 'shape', None) == v.shape]
@@ -163,3 +178,4 @@ def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
         print_log(f'{name}: {len(mismatched)} tensor(s) of other shape {mismatched[:3]} and '
                   f'{len(missing)} missing {missing[:3]} outside {list(strict_prefixes)}; '
                   'they keep their initial values.', logger='current', level=30)
+    return state_dict

@@ -32,6 +32,30 @@ def test_init_model_builds_and_loads(scope, tmp_path, one_thread):
     assert loaded.dataset_meta['classes'] == ('a', 'b')
 
 
+# The layouts a classifier's weights come in: mmengine's Runner and timm ('state_dict'),
+# DeiT-style files ('model'), bare state dicts (the official releases), and a model saved
+# wrapped in DistributedDataParallel, whose state_dict() prefixes every key with 'module.'
+# (mmengine's load_checkpoint strips that prefix by default).
+LAYOUTS = {
+    'state_dict': lambda state: dict(state_dict=state),
+    'model': lambda state: dict(model=state),
+    'bare': lambda state: state,
+    'ddp': lambda state: dict(state_dict={f'module.{k}': v for k, v in state.items()}),
+}
+
+
+@pytest.mark.parametrize('layout', sorted(LAYOUTS))
+def test_init_model_loads_every_layout(layout, tmp_path):
+    config = osp.join(REPO_ROOT, 'configs', DEMOS['mmpretrain'])
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+             for k, v in init_model(config).state_dict().items()}
+    torch.save(LAYOUTS[layout](state), tmp_path / 'ckpt.pth')
+    loaded = init_model(config, str(tmp_path / 'ckpt.pth'))
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
+
+
 def test_init_model_refuses_a_checkpoint_of_another_arch(tmp_path):
     config = osp.join(REPO_ROOT, 'configs', DEMOS['mmpretrain'])
     model = init_model(config)
@@ -39,6 +63,18 @@ def test_init_model_refuses_a_checkpoint_of_another_arch(tmp_path):
     torch.save(dict(state_dict=state), tmp_path / 'short.pth')
     with pytest.raises(CheckpointMismatchError, match='short.pth does not fit the model'):
         init_model(config, str(tmp_path / 'short.pth'))
+
+
+def test_init_model_refuses_a_backbone_tensor_of_another_shape(tmp_path):
+    """mmengine's loader skips a tensor of another shape with a log line only; the model would
+    keep that tensor's initial values."""
+    config = osp.join(REPO_ROOT, 'configs', DEMOS['mmpretrain'])
+    state = dict(init_model(config).state_dict())
+    key = 'backbone.stages.1.0.mlp.fc1.weight'
+    state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])
+    torch.save(dict(state_dict=state), tmp_path / 'wide.pth')
+    with pytest.raises(CheckpointMismatchError, match=r'1 shape mismatch.*mlp\.fc1\.weight'):
+        init_model(config, str(tmp_path / 'wide.pth'))
 
 
 def test_spanet_tools_refuse_another_backbone(tmp_path):

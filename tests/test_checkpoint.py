@@ -4,6 +4,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint
@@ -109,6 +110,29 @@ def test_getattr_is_restricted_to_history_buffer_statistics(tmp_path):
     torch.save({'x': Sneaky()}, tmp_path / 'sneaky.pth')
     with pytest.raises(CheckpointLoadError, match='getattr'):
         load_local_checkpoint(str(tmp_path / 'sneaky.pth'))
+
+
+def test_getattr_reaches_only_the_statistics_of_history_buffer(tmp_path):
+    """HistoryBuffer's statistics methods are allowed; none of its other attributes is."""
+
+    class Sneaky:
+
+        def __reduce__(self):
+            return (getattr, (HistoryBuffer, 'register_statistics'))
+
+    torch.save({'x': Sneaky()}, tmp_path / 'sneaky.pth')
+    with pytest.raises(CheckpointLoadError, match='getattr'):
+        load_local_checkpoint(str(tmp_path / 'sneaky.pth'))
+
+
+def test_home_relative_path_loads(runner_checkpoint, tmp_path, monkeypatch):
+    """``~`` expands as in mmengine's own local loader (``osp.expanduser``)."""
+    monkeypatch.setenv('HOME', str(tmp_path))
+    (tmp_path / 'ckpt.pth').write_bytes(runner_checkpoint.read_bytes())
+    loaded = _load_checkpoint('~/ckpt.pth')
+    torch.testing.assert_close(loaded['state_dict']['linear.weight'],
+                               _load_checkpoint(str(runner_checkpoint))['state_dict']
+                               ['linear.weight'])
 
 
 @pytest.mark.parametrize('size', [0, 100, 2000])

@@ -14,7 +14,7 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...checkpoint import CheckpointMismatchError, CheckpointNotFoundError
+from ...checkpoint import CheckpointMismatchError, CheckpointNotFoundError, model_state_dict
 from ...registry import register_model
 from ..layers import SPECTRAL_IMPLS, AutocastConv2d, SpectralPoolingMixer
 from ..layers.activation import build_mlp_activation
@@ -407,9 +407,7 @@ class SPANet(BaseModule):
                 f'file of this arch), or train from scratch on purpose with '
                 f'`--cfg-options model.backbone.init_cfg=None`.')
         loaded = _load_checkpoint(checkpoint, map_location='cpu')
-        state_dict = loaded.get('state_dict', loaded) if isinstance(loaded, dict) else None
-        if not isinstance(state_dict, dict):
-            raise ValueError(f'{checkpoint} does not hold a state dict.')
+        state_dict = model_state_dict(loaded, checkpoint)
         if prefix:
             prefix = prefix if prefix.endswith('.') else prefix + '.'
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
