@@ -49,6 +49,8 @@ WRAPS = {
     'state_dict': lambda sd: {'state_dict': sd, 'epoch': 300, 'arch': 'spanet_small'},
     'model': lambda sd: {'model': sd},
     'backbone-prefixed': lambda sd: {'state_dict': {f'backbone.{k}': v for k, v in sd.items()}},
+    # A model saved wrapped in DistributedDataParallel: every key prefixed with 'module.'.
+    'ddp': lambda sd: {'state_dict': {f'module.{k}': v for k, v in sd.items()}},
 }
 
 
@@ -59,14 +61,11 @@ def test_accepted_layouts(official_state, wrap):
     assert meta['has_head']
 
 
-def test_preset_is_recognised():
-    official = {}
-    model = SPANet('s', init_cfg=None)
-    # Rebuild official names from ours for a real 's' layout (values do not matter).
-    for key, value in model.state_dict().items():
-        official[key] = value
+def official_names(model):
+    """``model``'s state dict under the official classification model's key names (see the
+    key patterns in ../shared/spec/spanet.md)."""
     renamed = {}
-    for key, value in official.items():
+    for key, value in model.state_dict().items():
         parts = key.split('.')
         if parts[0] == 'downsample_layers':
             new = ('patch_embed.proj.' if parts[1] == '0'
@@ -80,8 +79,45 @@ def test_preset_is_recognised():
         else:
             new = 'norm.' + parts[1]
         renamed[new] = value
-    _, meta = convert_official(renamed)
+    return renamed
+
+
+def test_preset_is_recognised():
+    _, meta = convert_official(official_names(SPANet('s', init_cfg=None)))
     assert meta['arch_name'] == 's'
+
+
+def test_preset_depths_and_widths_with_another_mlp_ratio_are_custom():
+    """Every preset has MLP ratio 4: the same layers and widths with ratio 3 are not 's'."""
+    arch = dict(layers=[4, 4, 12, 4], embed_dims=[64, 128, 320, 512], mlp_ratios=[3] * 4)
+    _, meta = convert_official(official_names(SPANet(arch, init_cfg=None)))
+    assert meta['arch_name'] is None and meta['arch']['mlp_ratios'] == [3] * 4
+
+
+def test_half_precision_source_is_converted_to_float32(official_state):
+    half = {k: v.half() if v.is_floating_point() else v for k, v in official_state.items()}
+    state_dict, _ = convert_official(half)
+    assert state_dict['backbone.stages.0.0.mlp.fc1.weight'].dtype == torch.float32
+    torch.testing.assert_close(state_dict['backbone.stages.0.0.mlp.fc1.weight'],
+                               half['network.0.0.mlp.fc1.weight'].float(), rtol=0, atol=0)
+    assert all(v.dtype == torch.float32 for v in state_dict.values() if v.is_floating_point())
+
+
+def test_head_of_another_width_is_refused(official_state):
+    """The head is Linear(C4, classes) on the last stage's width."""
+    classes, width = official_state['head.weight'].shape
+    official_state['head.weight'] = torch.zeros(classes, width - 1)
+    with pytest.raises(CheckpointConversionError, match="Shape mismatch for 'head.weight'"):
+        convert_official(official_state)
+
+
+def test_classifier_and_dense_norm_of_the_last_stage_together_are_refused(official_state):
+    """``norm.*`` (the classifier's) and ``norm6.*`` (the detection backbone's) are both the
+    last stage's output norm: a file with both is ambiguous."""
+    official_state['norm6.weight'] = official_state['norm.weight'].clone()
+    official_state['norm6.bias'] = official_state['norm.bias'].clone()
+    with pytest.raises(CheckpointConversionError, match="both map to 'backbone.norm3"):
+        convert_official(official_state)
 
 
 def expect_failure(tmp_path, state, message, *extra):
