@@ -238,6 +238,55 @@ def test_default_init_is_truncated_normal():
     assert torch.count_nonzero(model.stages[0][0].mlp.fc1.bias) == 0
 
 
+def test_init_weights_twice_keeps_the_weights():
+    """As mmengine's BaseModule: a module initialises once; a second call changes nothing."""
+    model = SPANet(arch=TINY)
+    model.init_weights()
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    model.init_weights()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, first[key]), key
+
+
+def _saved_backbone(path, out_indices=(0, 1, 2, 3), **kwargs):
+    """A detector-style checkpoint of a random TINY backbone (keys under ``backbone.``)."""
+    torch.manual_seed(0)
+    state = build(out_indices=out_indices, **kwargs).state_dict()
+    state = {k: torch.randn_like(v) for k, v in state.items()}
+    torch.save(dict(state_dict={f'backbone.{k}': v for k, v in state.items()}), path)
+    return state
+
+
+def _pretrained(path, out_indices=(0, 1, 2, 3), **init):
+    model = build(out_indices=out_indices,
+                  init_cfg=dict(type='Pretrained', checkpoint=str(path), **init))
+    model.init_weights()
+    return model
+
+
+@pytest.mark.parametrize('prefix', ['backbone.', 'backbone'])
+def test_pretrained_prefix_with_or_without_dot(tmp_path, prefix):
+    """mmengine's ``_load_checkpoint_with_prefix`` takes the prefix with or without its dot."""
+    state = _saved_backbone(tmp_path / 'det.pth')
+    model = _pretrained(tmp_path / 'det.pth', prefix=prefix)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_load_out_norms_must_name_output_stages(tmp_path):
+    _saved_backbone(tmp_path / 'det.pth')
+    with pytest.raises(AssertionError, match='names stages without an output norm'):
+        _pretrained(tmp_path / 'det.pth', out_indices=(0, 1, 2), prefix='backbone.',
+                    load_out_norms=(3, ))
+
+
+def test_load_out_norms_must_be_in_the_file(tmp_path):
+    """A norm that ``load_out_norms`` asks for but the file lacks is refused, not left new."""
+    _saved_backbone(tmp_path / 'det.pth', out_indices=(0, 1, 2))  # no norm3
+    with pytest.raises(ValueError, match=r"has no \['norm3'\]"):
+        _pretrained(tmp_path / 'det.pth', prefix='backbone.', load_out_norms=(3, ))
+
+
 def _random_scales(model):
     """Shortcut scales away from 1, so that a fused layer that drops them is caught."""
     gen = torch.Generator().manual_seed(1)
