@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 
 import spanet_mm  # noqa: F401  installs the loader
 from conftest import FileCreatingPayload
-from spanet_mm.checkpoint import CheckpointLoadError, load_local_checkpoint
+from spanet_mm.checkpoint import (CheckpointLoadError, CheckpointMismatchError,
+                                 load_local_checkpoint)
 
 
 class _Regressor(BaseModel):
@@ -146,3 +147,41 @@ def test_truncated_checkpoint(runner_checkpoint, tmp_path, size):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match='not found. Check the path'):
         _load_checkpoint(str(tmp_path / 'missing.pth'))
+
+
+class _Dense(BaseModel):
+    """A dense-task model in miniature: a SPANet backbone with all four output norms."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = spanet_mm.SPANet(arch=dict(layers=[1] * 4, embed_dims=[8, 16, 24, 32]),
+                                         out_indices=(0, 1, 2, 3), init_cfg=None)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        return self.backbone(inputs)
+
+
+def dense_runner(work_dir):
+    return Runner(model=_Dense(), work_dir=str(work_dir),
+                  custom_hooks=[dict(type='CheckpointCheckHook')])
+
+
+def test_runner_loads_a_backbone_without_its_output_norms(tmp_path):
+    """The official dense backbone starts every output norm new (weight 1, bias 0): a file
+    without them loads, and they keep their identity init."""
+    state = {k: torch.randn_like(v) for k, v in _Dense().state_dict().items()
+             if not k.startswith('backbone.norm')}
+    torch.save(dict(state_dict=state), tmp_path / 'stages.pth')
+    runner = dense_runner(tmp_path / 'run')
+    runner.load_checkpoint(str(tmp_path / 'stages.pth'))
+    loaded = runner.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    for i in range(4):
+        assert torch.equal(loaded[f'backbone.norm{i}.weight'], torch.ones(8 * (i + 1)))
+        assert torch.equal(loaded[f'backbone.norm{i}.bias'], torch.zeros(8 * (i + 1)))
+    # A missing stage tensor is refused all the same.
+    del state['backbone.stages.1.0.mlp.fc1.weight']
+    torch.save(dict(state_dict=state), tmp_path / 'short.pth')
+    with pytest.raises(CheckpointMismatchError, match='1 missing'):
+        dense_runner(tmp_path / 'run2').load_checkpoint(str(tmp_path / 'short.pth'))
+
