@@ -182,7 +182,8 @@ def test_without_the_hook_resume_is_not_exact(configs, killed_run, uninterrupted
 
 # --- iteration-based loop (the segmentation configs): in-process, with a toy model -------------
 class _NoisyPoints(torch.utils.data.Dataset):
-    """Augmentation randomness from numpy and python's random, as mmcv transforms have."""
+    """Augmentation randomness from numpy and python's random, as mmcv transforms have, and
+    from torch, as torchvision's transforms have."""
     metainfo = dict(classes=('a', ))
 
     def __len__(self):
@@ -192,7 +193,8 @@ class _NoisyPoints(torch.utils.data.Dataset):
         import random
 
         import numpy as np
-        x = torch.tensor([index / 12 + np.random.rand() * 0.1, random.random()])
+        x = torch.tensor([index / 12 + np.random.rand() * 0.1 + torch.rand(()).item() * 0.05,
+                          random.random()])
         return dict(inputs=x, targets=2 * x[0])
 
 
@@ -381,3 +383,27 @@ def test_load_from_does_not_restore_rng_states(tmp_path, restore_determinism):
         runs[name] = recorder.state
     assert torch.equal(runs['load_from'], runs['fresh'])
     assert torch.equal(runs['resume'], saved) and not torch.equal(saved, runs['fresh'])
+
+
+@pytest.mark.parametrize('strict', [True, False], ids=['strict', 'lenient'])
+def test_resume_from_a_checkpoint_without_rng_states(tmp_path, strict, restore_determinism):
+    """A checkpoint written without RNGStateHook has no RNG states: RNGStateHook(strict=True)
+    refuses to resume from it (the resume could not be exact); the default only warns and
+    the run finishes."""
+    from spanet_mm.engine import ExactResumeError, RNGStateHook
+    _toy_runner(tmp_path / 'nohook', [], by_epoch=True,
+                experiment_name=f'rng_free_{strict}').train()
+    checkpoint = tmp_path / 'nohook' / 'epoch_1.pth'
+    assert 'rng_states' not in torch.load(checkpoint, weights_only=False)
+    resumed = _toy_runner(tmp_path / 'resumed', [RNGStateHook(strict=strict)], by_epoch=True,
+                          experiment_name=f'rng_free_resumed_{strict}',
+                          load_from=str(checkpoint), resume=True)
+    if strict:
+        with pytest.raises(ExactResumeError, match='the checkpoint has no RNG states'):
+            resumed.train()
+        assert not (tmp_path / 'resumed' / 'epoch_2.pth').exists()
+    else:
+        resumed.train()
+        assert resumed.epoch == 3
+        assert sorted(p.name for p in (tmp_path / 'resumed').glob('*.pth')) == [
+            'epoch_2.pth', 'epoch_3.pth']  # resumed after epoch 1, not trained from scratch

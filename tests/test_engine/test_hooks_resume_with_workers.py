@@ -116,3 +116,58 @@ def test_resume_with_two_workers_is_exact(runs, task, persistent):
     # The runs trained: the weights moved away from the first checkpoint.
     first = _weights(root / 'full' / TASKS[task]['first'])
     assert any(not torch.equal(first[k], expected[k]) for k in expected)
+
+
+# --- the per-epoch seeding itself, in-process ----------------------------------------------
+@pytest.fixture
+def saved_rng():
+    """The seeder seeds this process's python, numpy and torch generators: put them back."""
+    import random
+
+    import numpy as np
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    yield
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.set_rng_state(states[2])
+
+
+def _draws():
+    """What a worker's transforms would draw from each generator."""
+    import random
+
+    import numpy as np
+    return dict(python=random.random(), numpy=np.random.rand(3).tolist(),
+                torch=torch.rand(3).tolist())
+
+
+def test_workers_draw_new_reproducible_numbers_every_epoch(saved_rng):
+    """EpochWorkerSeeder, as in a dataloader worker: every epoch draws other augmentations
+    from python's random, numpy and torch, and an epoch seeded again (a resumed run's fresh
+    worker) draws exactly what it drew the first time; within an epoch the streams go on."""
+    from spanet_mm.engine.hooks.rng_state_hook import EpochWorkerSeeder
+    epoch = torch.zeros((), dtype=torch.int64)
+
+    def seeded(at_epoch, worker_id=0):
+        seeder = EpochWorkerSeeder(seed=0, rank=0, epoch=epoch)
+        seeder.worker_id = worker_id  # set by __call__ in a real worker
+        epoch.fill_(at_epoch)
+        seeder.maybe_reseed()
+        return seeder
+
+    seeder = seeded(0)
+    epoch_0 = _draws()
+    seeder.maybe_reseed()  # the same epoch: no re-seeding before the next sample
+    assert all(v != epoch_0[k] for k, v in _draws().items())
+    epoch.fill_(1)
+    seeder.maybe_reseed()  # a persistent worker at the first sample of epoch 1
+    epoch_1 = _draws()
+    seeded(1)
+    assert _draws() == epoch_1  # a fresh worker of a resumed run, at epoch 1
+    seeded(0)
+    assert _draws() == epoch_0
+    for name in epoch_0:
+        assert epoch_1[name] != epoch_0[name], f'{name}: epoch 1 repeats epoch 0'
+    seeded(0, worker_id=1)
+    other_worker = _draws()
+    assert all(other_worker[name] != epoch_0[name] for name in epoch_0)

@@ -68,3 +68,15 @@ def test_train_tool_picks_the_cpu_wrapper():
     enable_amp(cfg)
     assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
     assert 'loss_scale' not in cfg.optim_wrapper
+
+
+@pytest.mark.parametrize('dtype', ['float32', torch.float64], ids=['float32', 'float64'])
+def test_non_reduced_dtype_is_refused(dtype):
+    """torch.autocast('cpu', dtype=float32/float64) only warns and disables itself, so such a
+    wrapper would silently train in full precision: it is refused when built."""
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(AssertionError, match='bfloat16 or float16'):
+        CPUAmpOptimWrapper(dtype=dtype, optimizer=torch.optim.SGD(params, lr=0.1))
+    for ok in ('bfloat16', torch.float16):  # the two autocast dtypes are accepted
+        wrapper = CPUAmpOptimWrapper(dtype=ok, optimizer=torch.optim.SGD(params, lr=0.1))
+        assert wrapper.cast_dtype == (getattr(torch, ok) if isinstance(ok, str) else ok)

@@ -22,7 +22,7 @@ import spanet_mm  # noqa: F401
 from conftest import REPO_ROOT, run_python
 from spanet_mm import SPANet
 from spanet_mm.engine import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
-                              check_cfg_options, check_dataset_formats)
+                              check_cfg_options, check_dataset_formats, check_datasets)
 from spanet_mm.engine.checks import check_ade20k_folder, check_coco_file, check_image_list
 
 TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
@@ -169,6 +169,25 @@ def test_missing_dataset_names_the_path(demo, tmp_path):
     assert not (tmp_path / 'w').exists() or not any((tmp_path / 'w').rglob('*.pth'))
 
 
+@pytest.mark.parametrize('wrap', [
+    lambda leaf: dict(type='RepeatDataset', times=2, dataset=leaf),  # upstream ADE20K bases
+    lambda leaf: dict(type='ConcatDataset', datasets=[leaf]),
+], ids=['RepeatDataset', 'ConcatDataset'])
+def test_missing_dataset_under_a_wrapper_names_the_path(tmp_path, wrap):
+    """The paths of a dataset inside a dataset wrapper are checked as those of a plain one."""
+    root = tmp_path / 'no_such_ade'
+    leaf = dict(type='ADE20KDataset', data_root=str(root),
+                data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'))
+    cfg = Config(dict(train_dataloader=dict(dataset=wrap(leaf))))
+    with pytest.raises(DatasetNotFoundError, match='Dataset not found') as error:
+        check_datasets(cfg, 'mmseg', ['train'])
+    for path in (root, root / 'images' / 'training', root / 'annotations' / 'training'):
+        assert f'train: {path}\n' in str(error.value)
+    (root / 'images' / 'training').mkdir(parents=True)
+    (root / 'annotations' / 'training').mkdir(parents=True)
+    check_datasets(cfg, 'mmseg', ['train'])  # all there now
+
+
 @pytest.fixture
 def coco(tmp_path):
     data = dict(images=[dict(id=1, file_name='a.jpg', height=8, width=8)],
@@ -183,6 +202,7 @@ def coco(tmp_path):
     (lambda d: d.pop('categories'), r"\['categories'\]"),
     (lambda d: d['annotations'][0].pop('bbox'), r"annotations\[0\] lacks \['bbox'\]"),
     (lambda d: d['categories'][0].update(name='disk'), "classes \\['circle'\\] are not among"),
+    (lambda d: (d['images'].clear(), d['annotations'].clear()), 'bad.json lists no images'),
 ])
 def test_malformed_coco_json(coco, break_it, message):
     tmp_path, data = coco
