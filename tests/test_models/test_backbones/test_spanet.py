@@ -248,12 +248,12 @@ def test_init_weights_twice_keeps_the_weights():
         assert torch.equal(value, first[key]), key
 
 
-def _saved_backbone(path, out_indices=(0, 1, 2, 3), **kwargs):
+def _saved_backbone(path, out_indices=(0, 1, 2, 3), key_prefix='backbone.', **kwargs):
     """A detector-style checkpoint of a random TINY backbone (keys under ``backbone.``)."""
     torch.manual_seed(0)
     state = build(out_indices=out_indices, **kwargs).state_dict()
     state = {k: torch.randn_like(v) for k, v in state.items()}
-    torch.save(dict(state_dict={f'backbone.{k}': v for k, v in state.items()}), path)
+    torch.save(dict(state_dict={f'{key_prefix}{k}': v for k, v in state.items()}), path)
     return state
 
 
@@ -264,10 +264,12 @@ def _pretrained(path, out_indices=(0, 1, 2, 3), **init):
     return model
 
 
+@pytest.mark.parametrize('saved_under', ['backbone.', 'module.backbone.'], ids=['plain', 'ddp'])
 @pytest.mark.parametrize('prefix', ['backbone.', 'backbone'])
-def test_pretrained_prefix_with_or_without_dot(tmp_path, prefix):
-    """mmengine's ``_load_checkpoint_with_prefix`` takes the prefix with or without its dot."""
-    state = _saved_backbone(tmp_path / 'det.pth')
+def test_pretrained_prefix_with_or_without_dot(tmp_path, prefix, saved_under):
+    """mmengine's ``_load_checkpoint_with_prefix`` takes the prefix with or without its dot;
+    a detector saved wrapped in DDP (keys under ``module.``) loads as an unwrapped one."""
+    state = _saved_backbone(tmp_path / 'det.pth', key_prefix=saved_under)
     model = _pretrained(tmp_path / 'det.pth', prefix=prefix)
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
