@@ -111,6 +111,10 @@ SET_SHOW_DIR = {'mmpretrain': _show_mmpretrain, 'mmdet': _show_mmdet, 'mmseg': _
 
 def enable_tta(cfg: Config, scope: str) -> None:
     """Wraps the model in the toolbox's TTA model; default TTA = the test pipeline + flip."""
+    if scope == 'mmdet' and cfg.model.get('roi_head', {}).get('mask_head') is not None:
+        # mmdet's DetTTAModel merges boxes only; it would assert at the first batch.
+        raise ToolOptionError('--tta: mmdet 3.3 has no test-time augmentation for instance '
+                              'segmentation (this model has a mask head). Test without --tta.')
     if 'tta_pipeline' not in cfg:
         dataset = cfg.test_dataloader.dataset
         while 'dataset' in dataset:

@@ -19,7 +19,7 @@ import torch
 from mmengine.config import Config
 
 import spanet_mm  # noqa: F401
-from conftest import REPO_ROOT, run_python
+from conftest import REPO_ROOT, load_tool, run_python
 from spanet_mm import SPANet
 from spanet_mm.engine import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
                               check_cfg_options, check_dataset_formats, check_datasets)
@@ -255,15 +255,6 @@ def test_ade20k_images_without_annotations(demo, tmp_path):
         f.unlink()
     with pytest.raises(DatasetFormatError, match='4 of 4 images'):
         check_ade20k_folder(str(img_dir), str(ann_dir))
-
-
-def load_tool(path):
-    """A tool as a module, to call its main() in-process (faster than a subprocess)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('reliability_' + osp.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_ade20k_folder_without_annotations_through_train_tool(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_python
+from conftest import REPO_ROOT, load_tool, run_python
 
 PLOT = osp.join(REPO_ROOT, 'tools', 'analysis', 'plot_spectral_response.py')
 IMAGE_DEMO = osp.join(REPO_ROOT, 'tools', 'image_demo.py')
@@ -63,15 +63,6 @@ def test_plot_spectral_response(tmp_path):
     for spectrum in data['spectra']:
         assert spectrum['relative_log_amplitude'][0] == 0
         assert spectrum['frequency'][-1] == pytest.approx(np.pi)
-
-
-def load_tool(path):
-    """The tool as a module, to call its main() in-process (faster than a subprocess)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(osp.splitext(osp.basename(path))[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_plot_spectral_response_refuses_a_wrong_checkpoint(tmp_path):

@@ -6,7 +6,6 @@ would run code) through each way a Runner loads one: ``tools/test.py CONFIG CKPT
 real ``main`` and :func:`spanet_mm.engine.launch.run_tool` (what ``__main__`` runs); one case
 runs as a real process to check the exit status and the whole output.
 """
-import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -15,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT, FileCreatingPayload, run_python
+from conftest import REPO_ROOT, FileCreatingPayload, load_tool, run_python
 from spanet_mm import SPANet
 from spanet_mm.engine.launch import run_tool
 
@@ -30,13 +29,6 @@ train_dataloader = dict(dataset=dict(data_root=data_root, indices=4), batch_size
 val_dataloader = dict(dataset=dict(data_root=data_root, indices=4), batch_size=4)
 test_dataloader = val_dataloader
 """
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'spanet_tool_{name}', osp.join(TOOLS, name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')
@@ -100,7 +92,7 @@ def test_refused_checkpoint_is_one_error_line(kind, entry, workspace, tmp_path, 
     root, config, good = workspace
     bad, words = make_bad(kind, tmp_path, good)
     tool, argv = ENTRY_POINTS[entry](str(config), str(bad), str(tmp_path / 'work'))
-    main = load_tool(tool).main
+    main = load_tool(osp.join(TOOLS, tool)).main
     with pytest.raises(SystemExit) as exited:
         run_tool(lambda: main(argv))
     assert exited.value.code == 1
