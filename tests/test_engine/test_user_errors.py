@@ -121,9 +121,9 @@ def test_unconverted_official_checkpoint_names_the_converter():
 
 
 # --- checkpoints through init_cfg=Pretrained ----------------------------------------------------
-def pretrained(path, arch=TINY):
-    return SPANet(arch=arch, out_indices=(0, 1, 2, 3),
-                  init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='backbone.'))
+def pretrained(path, arch=TINY, out_indices=(0, 1, 2, 3), **init):
+    init = dict(type='Pretrained', checkpoint=str(path), **{'prefix': 'backbone.', **init})
+    return SPANet(arch=arch, out_indices=out_indices, init_cfg=init)
 
 
 def test_pretrained_checkpoint_of_another_model(tmp_path):
@@ -155,6 +155,34 @@ def test_pretrained_truncated_checkpoint(tmp_path):
 def test_pretrained_file_missing_gives_the_conversion_command(tmp_path):
     with pytest.raises(FileNotFoundError, match='spanet_official_to_mm.py spanet-small.pth'):
         pretrained(tmp_path / 'checkpoints' / 'spanet_s_in1k.pth').init_weights()
+
+
+@pytest.mark.parametrize('saved_under', ['backbone.', 'module.backbone.'], ids=['plain', 'ddp'])
+@pytest.mark.parametrize('prefix', ['backbone.', 'backbone'])
+def test_pretrained_prefix_with_or_without_dot(tmp_path, prefix, saved_under):
+    """mmengine's ``_load_checkpoint_with_prefix`` takes the prefix with or without its dot;
+    a detector saved wrapped in DDP (keys under ``module.``) loads as an unwrapped one."""
+    state = tiny_state(prefix=saved_under)
+    torch.save(dict(state_dict=state), tmp_path / 'det.pth')
+    model = pretrained(tmp_path / 'det.pth', prefix=prefix)
+    model.init_weights()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[saved_under + key]), key
+
+
+def test_load_out_norms_must_name_output_stages(tmp_path):
+    torch.save(dict(state_dict=tiny_state()), tmp_path / 'det.pth')
+    with pytest.raises(AssertionError, match='names stages without an output norm'):
+        pretrained(tmp_path / 'det.pth', out_indices=(0, 1, 2),
+                   load_out_norms=(3, )).init_weights()
+
+
+def test_load_out_norms_must_be_in_the_file(tmp_path):
+    """A norm that ``load_out_norms`` asks for but the file lacks is refused, not left new."""
+    state = {k: v for k, v in tiny_state().items() if not k.startswith('backbone.norm3.')}
+    torch.save(dict(state_dict=state), tmp_path / 'det.pth')
+    with pytest.raises(ValueError, match=r"has no \['norm3'\]"):
+        pretrained(tmp_path / 'det.pth', load_out_norms=(3, )).init_weights()
 
 
 # --- datasets -------------------------------------------------------------------------------------

@@ -248,47 +248,6 @@ def test_init_weights_twice_keeps_the_weights():
         assert torch.equal(value, first[key]), key
 
 
-def _saved_backbone(path, out_indices=(0, 1, 2, 3), key_prefix='backbone.', **kwargs):
-    """A detector-style checkpoint of a random TINY backbone (keys under ``backbone.``)."""
-    torch.manual_seed(0)
-    state = build(out_indices=out_indices, **kwargs).state_dict()
-    state = {k: torch.randn_like(v) for k, v in state.items()}
-    torch.save(dict(state_dict={f'{key_prefix}{k}': v for k, v in state.items()}), path)
-    return state
-
-
-def _pretrained(path, out_indices=(0, 1, 2, 3), **init):
-    model = build(out_indices=out_indices,
-                  init_cfg=dict(type='Pretrained', checkpoint=str(path), **init))
-    model.init_weights()
-    return model
-
-
-@pytest.mark.parametrize('saved_under', ['backbone.', 'module.backbone.'], ids=['plain', 'ddp'])
-@pytest.mark.parametrize('prefix', ['backbone.', 'backbone'])
-def test_pretrained_prefix_with_or_without_dot(tmp_path, prefix, saved_under):
-    """mmengine's ``_load_checkpoint_with_prefix`` takes the prefix with or without its dot;
-    a detector saved wrapped in DDP (keys under ``module.``) loads as an unwrapped one."""
-    state = _saved_backbone(tmp_path / 'det.pth', key_prefix=saved_under)
-    model = _pretrained(tmp_path / 'det.pth', prefix=prefix)
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, state[key]), key
-
-
-def test_load_out_norms_must_name_output_stages(tmp_path):
-    _saved_backbone(tmp_path / 'det.pth')
-    with pytest.raises(AssertionError, match='names stages without an output norm'):
-        _pretrained(tmp_path / 'det.pth', out_indices=(0, 1, 2), prefix='backbone.',
-                    load_out_norms=(3, ))
-
-
-def test_load_out_norms_must_be_in_the_file(tmp_path):
-    """A norm that ``load_out_norms`` asks for but the file lacks is refused, not left new."""
-    _saved_backbone(tmp_path / 'det.pth', out_indices=(0, 1, 2))  # no norm3
-    with pytest.raises(ValueError, match=r"has no \['norm3'\]"):
-        _pretrained(tmp_path / 'det.pth', prefix='backbone.', load_out_norms=(3, ))
-
-
 def _random_scales(model):
     """Shortcut scales away from 1, so that a fused layer that drops them is caught."""
     gen = torch.Generator().manual_seed(1)
