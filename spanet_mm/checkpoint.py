@@ -14,7 +14,7 @@ import os.path as osp
 import pickle
 import re
 import zipfile
-from typing import Any, Callable, List, Union
+from typing import Any, Callable, List, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -107,14 +107,16 @@ def load_local_checkpoint(filename: str, map_location=None) -> Any:
 CheckpointLoader.register_scheme(prefixes='', force=True)(load_local_checkpoint)
 
 
-def model_state_dict(checkpoint, source=None) -> dict:
+def model_state_dict(checkpoint, source=None, prefix=None) -> dict:
     """The model's tensors in a loaded checkpoint, keyed as the model names them.
 
     The state dict sits under ``'state_dict'`` (mmengine, timm), under ``'model'`` (DeiT-style
     files) or is the file itself (the official releases); a model saved wrapped in DDP has
     every key prefixed with ``module.``, which is removed, as mmengine's loader removes it
-    (the default ``revise_keys`` of ``load_checkpoint``). Raises
-    :class:`CheckpointMismatchError` when there is no state dict.
+    (the default ``revise_keys`` of ``load_checkpoint``). With ``prefix`` (``init_cfg``'s
+    ``Pretrained`` prefix, e.g. ``'backbone'``) only the keys under it are kept, without it.
+    Raises :class:`CheckpointMismatchError` when there is no state dict, or nothing under
+    ``prefix``.
     """
     state_dict = checkpoint
     if isinstance(checkpoint, dict):
@@ -123,33 +125,72 @@ def model_state_dict(checkpoint, source=None) -> dict:
         raise CheckpointMismatchError(
             f'{source or "the checkpoint"} holds no state dict (found '
             f'{type(state_dict).__name__}); it is not a model checkpoint.')
-    return {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}
+    state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}
+    if not prefix:
+        return state_dict
+    prefix = prefix if prefix.endswith('.') else prefix + '.'
+    selected = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not selected:
+        raise CheckpointMismatchError(
+            f'{source or "the checkpoint"} has no key starting with {prefix!r} (e.g. '
+            f'{sorted(state_dict)[:3]}): it is not a spanet_mm/OpenMMLab checkpoint of a model '
+            f'with this part. Convert official SPANet files with {CONVERTER}.')
+    return selected
+
+
+def _shape(value) -> Union[tuple, str]:
+    return tuple(value.shape) if hasattr(value, 'shape') else type(value).__name__
+
+
+class StateDictFit(NamedTuple):
+    """How a state dict fits a model's (:func:`compare_state_dicts`); lists of keys."""
+    fitting: List[str]  # in both, with the model's shape
+    mismatched: List[str]  # in both, with another shape (or not a tensor)
+    missing: List[str]  # the model's, absent from the state dict
+    unexpected: List[str]  # the state dict's, absent from the model
+
+
+def compare_state_dicts(own: dict, state_dict: dict, allowed_missing=()) -> StateDictFit:
+    """Compares ``state_dict`` with ``own`` (a model's) key by key and shape by shape.
+
+    The one comparison behind every "does this checkpoint fit" question
+    (:func:`check_state_dict`; the converter's check against the arch it infers). Keys
+    matching a pattern of ``allowed_missing`` (regular expressions, matched at the start)
+    count as neither missing nor unexpected.
+    """
+    allowed = [re.compile(p) if isinstance(p, str) else p for p in allowed_missing]
+    excused = lambda key: any(p.match(key) for p in allowed)  # noqa: E731
+    shared = [k for k in own if k in state_dict]
+    fitting = [k for k in shared if getattr(state_dict[k], 'shape', None) == own[k].shape]
+    fits = set(fitting)
+    return StateDictFit(
+        fitting=fitting,
+        mismatched=[k for k in shared if k not in fits],
+        missing=[k for k in own if k not in state_dict and not excused(k)],
+        unexpected=[k for k in state_dict if k not in own and not excused(k)])
 
 
 def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
-                     allowed_missing=(), source=None) -> dict:
+                     allowed_missing=(), source=None, prefix=None) -> dict:
     """Refuses a checkpoint whose tensors do not fit ``own`` (a model's state dict).
 
     The one compatibility check of the project: :class:`~spanet_mm.engine.CheckpointCheckHook`
     runs it for every checkpoint the Runner loads, :func:`spanet_mm.apis.init_model` for the
-    tools. Raises :class:`CheckpointMismatchError` when a tensor under ``strict_prefixes`` is
-    missing (unless ``allowed_missing`` matches it), has another shape or has no counterpart
-    in the model, or when no tensor fits at all; other misfits are logged as a warning.
+    tools and ``SPANet``'s ``Pretrained`` init for the backbone's part of a file (``prefix``,
+    see :func:`model_state_dict`). Raises :class:`CheckpointMismatchError` when a tensor
+    under ``strict_prefixes`` is missing (unless ``allowed_missing`` matches it), has another
+    shape or has no counterpart in the model, or when no tensor fits at all; other misfits are
+    logged as a warning.
 
     Returns:
         dict: The checked state dict (:func:`model_state_dict`), the one to load.
     """
     name = source or 'the checkpoint'
-    state_dict = model_state_dict(checkpoint, source)
-    allowed = [re.compile(p) if isinstance(p, str) else p for p in allowed_missing]
-    fitting = [k for k, v in own.items()
-               if k in state_dict and getattr(state_dict[k], 'shape', None) == v.shape]
-    mismatched = [f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}'
-                  for k, v in own.items() if k in state_dict and k not in fitting
-                  and hasattr(state_dict[k], 'shape')]
-    missing = [k for k in own if k not in state_dict and not any(p.match(k) for p in allowed)]
-    # Backbone tensors the model does not have: a deeper or other arch (``m`` into ``s``).
-    unexpected = [k for k in state_dict if k not in own and not any(p.match(k) for p in allowed)]
+    state_dict = model_state_dict(checkpoint, source, prefix)
+    fit = compare_state_dicts(own, state_dict, allowed_missing)
+    fitting, missing, unexpected = fit.fitting, fit.missing, fit.unexpected
+    mismatched = [f'{k}: checkpoint {_shape(state_dict[k])} vs model {_shape(own[k])}'
+                  for k in fit.mismatched]
     strict = lambda keys: [k for k in keys if k.startswith(strict_prefixes)]  # noqa: E731
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     arch = meta.get('arch') if isinstance(meta, dict) else None

@@ -8,10 +8,11 @@ parameters here (they are rebuilt for every input size) and are dropped.
 """
 import re
 from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
+from .checkpoint import compare_state_dicts
 from .errors import UserError
 from .models import SPANet
 
@@ -159,32 +160,35 @@ def convert_official(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], dict]:
     if not out_indices:
         raise CheckpointConversionError(
             'The checkpoint has no output norm (norm.* or norm0/2/4/6.*): it is incomplete.')
-    reference = SPANet(arch, out_indices=out_indices, init_cfg=None)
-    expected = {f'backbone.{k}': v.shape for k, v in reference.state_dict().items()}
+    expected = {f'backbone.{k}': v for k, v in
+                SPANet(arch, out_indices=out_indices, init_cfg=None).state_dict().items()}
 
     has_head = any(k.startswith('head.') for k in converted)
     if has_head:
         for part in ('weight', 'bias'):
             if f'head.fc.{part}' not in converted:
                 raise CheckpointConversionError(f'Missing key head.{part}.')
-        num_classes, head_in = converted['head.fc.weight'].shape
-        expected['head.fc.weight'] = torch.Size([num_classes, arch['embed_dims'][-1]])
-        expected['head.fc.bias'] = torch.Size([num_classes])
+        num_classes = converted['head.fc.weight'].shape[0]
+        # Linear(C4, classes) on the last stage's width.
+        expected['head.fc.weight'] = torch.empty(num_classes, arch['embed_dims'][-1])
+        expected['head.fc.bias'] = torch.empty(num_classes)
 
-    missing: List[str] = sorted(set(expected) - set(converted))
-    if missing:
+    fit = compare_state_dicts(expected, converted)
+    if fit.missing:
         raise CheckpointConversionError(
-            f'Missing {len(missing)} key(s) for SPANet arch {arch}: {missing[:10]}'
-            f'{" ..." if len(missing) > 10 else ""}')
-    for key, value in converted.items():
-        if key not in expected:
-            raise CheckpointConversionError(
-                f'Unknown key {source_key[key]!r} (as {key!r}): SPANet arch {arch} has no '
-                'such parameter.')
-        if value.shape != expected[key]:
-            raise CheckpointConversionError(
-                f'Shape mismatch for {source_key[key]!r} (as {key!r}): the checkpoint has '
-                f'{tuple(value.shape)}, SPANet arch {arch} expects {tuple(expected[key])}.')
+            f'Missing {len(fit.missing)} key(s) for SPANet arch {arch}: {fit.missing[:10]}'
+            f'{" ..." if len(fit.missing) > 10 else ""}')
+    if fit.unexpected:
+        key = fit.unexpected[0]
+        raise CheckpointConversionError(
+            f'Unknown key {source_key[key]!r} (as {key!r}): SPANet arch {arch} has no '
+            'such parameter.')
+    if fit.mismatched:
+        key = fit.mismatched[0]
+        raise CheckpointConversionError(
+            f'Shape mismatch for {source_key[key]!r} (as {key!r}): the checkpoint has '
+            f'{tuple(converted[key].shape)}, SPANet arch {arch} expects '
+            f'{tuple(expected[key].shape)}.')
 
     meta = dict(
         arch=arch,

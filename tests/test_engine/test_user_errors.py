@@ -134,12 +134,13 @@ def test_pretrained_checkpoint_of_another_model(tmp_path):
 
 @pytest.mark.parametrize('other, message', [
     (dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 64, 96]), 'shape mismatch'),  # s vs b dims
-    (dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 48, 64]), 'missing key'),  # s into deeper m
+    (dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 48, 64]), 'missing tensor'),  # s into m
 ])
 def test_pretrained_checkpoint_of_another_arch(tmp_path, other, message):
     torch.save(dict(state_dict=tiny_state(other), meta=dict(arch=other)), tmp_path / 'o.pth')
     deeper = dict(layers=[2, 2, 2, 2], embed_dims=[16, 32, 48, 64])
-    with pytest.raises(ValueError, match=f'does not fit SPANet arch.*{message}.*same arch'):
+    with pytest.raises(ValueError, match=r'o.pth does not fit the model \(it was saved for '
+                       rf'SPANet arch .*[1-9]\d* {message}.*another SPANet arch'):
         pretrained(tmp_path / 'o.pth', arch=deeper).init_weights()
 
 
@@ -383,5 +384,5 @@ def test_pretrained_checkpoint_of_a_deeper_arch_with_the_same_widths(tmp_path):
     dropped silently."""
     deeper = dict(TINY, layers=[2, 2, 2, 2])
     torch.save(dict(state_dict=tiny_state(deeper)), tmp_path / 'deeper.pth')
-    with pytest.raises(ValueError, match=r'key\(s\) the model does not have.*stages\.0\.1\.'):
+    with pytest.raises(ValueError, match=r'tensor\(s\) the model does not have.*stages\.0\.1\.'):
         pretrained(tmp_path / 'deeper.pth').init_weights()

@@ -14,7 +14,7 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...checkpoint import CheckpointMismatchError, CheckpointNotFoundError, model_state_dict
+from ...checkpoint import CheckpointNotFoundError, check_state_dict
 from ...registry import register_model
 from ..layers import SPECTRAL_IMPLS, AutocastConv2d, SpectralPoolingMixer
 from ..layers.activation import build_mlp_activation
@@ -23,6 +23,8 @@ from ..layers.spam import is_channels_last, is_exporting
 
 #: Smallest input side: the stride-32 last stage must keep at least one pixel.
 MIN_INPUT_SIZE = 32
+#: State-dict keys of the output norms (``norm{i}``, one per index in ``out_indices``).
+OUTPUT_NORM = re.compile(r'norm\d+\.')
 
 
 class ConvMlp(nn.Module):
@@ -406,34 +408,14 @@ class SPANet(BaseModule):
                 f'spanet_official_to_mm.py spanet-small.pth {checkpoint}\n(pick the official '
                 f'file of this arch), or train from scratch on purpose with '
                 f'`--cfg-options model.backbone.init_cfg=None`.')
-        loaded = _load_checkpoint(checkpoint, map_location='cpu')
-        state_dict = model_state_dict(loaded, checkpoint)
-        if prefix:
-            prefix = prefix if prefix.endswith('.') else prefix + '.'
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
-                          if k.startswith(prefix)}
-            if not state_dict:
-                raise ValueError(
-                    f'{checkpoint} has no key starting with {prefix!r}: it is not a '
-                    'spanet_mm/OpenMMLab SPANet checkpoint. Convert official files with '
-                    'tools/model_converters/spanet_official_to_mm.py.')
+        # Every tensor of the stem and the stages must fit; the output norms may be absent
+        # (new ones start as identity) or belong to stages this model does not output.
+        own = self.state_dict()
+        state_dict = check_state_dict(
+            own, _load_checkpoint(checkpoint, map_location='cpu'), strict_prefixes=('', ),
+            allowed_missing=(OUTPUT_NORM, ), source=checkpoint, prefix=prefix)
         if load_out_norms is not None:
             state_dict = self._select_out_norms(state_dict, load_out_norms, checkpoint)
-        own = self.state_dict()
-        mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-                      for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
-        missing = [k for k in own if k not in state_dict and not re.match(r'norm\d+\.', k)]
-        # Blocks the model does not have: a deeper arch of the same widths (M into S).
-        unexpected = [k for k in state_dict if k not in own and not re.match(r'norm\d+\.', k)]
-        if mismatched or missing or unexpected:
-            arch = (loaded.get('meta') or {}).get('arch') if isinstance(loaded, dict) else None
-            raise CheckpointMismatchError(
-                f'{checkpoint} does not fit SPANet arch {self.arch}'
-                f'{f" (it holds arch {arch})" if arch else ""}: '
-                f'{len(mismatched)} shape mismatch(es) {mismatched[:3]}, '
-                f'{len(missing)} missing key(s) {missing[:3]}, {len(unexpected)} key(s) the '
-                f'model does not have {unexpected[:3]}. Use the checkpoint of the same arch as '
-                'the config.')
         incompatible = self.load_state_dict(
             {k: v for k, v in state_dict.items() if k in own}, strict=False)
         if incompatible.missing_keys:
@@ -458,7 +440,7 @@ class SPANet(BaseModule):
             raise ValueError(f'{checkpoint} has no {absent}, which init_cfg.load_out_norms '
                              'asks for.')
         return {k: v for k, v in state_dict.items()
-                if not re.match(r'norm\d+\.', k) or int(k[4:k.index('.')]) in wanted}
+                if not OUTPUT_NORM.match(k) or int(k[4:k.index('.')]) in wanted}
 
     def _freeze_stages(self) -> None:
         modules = []
