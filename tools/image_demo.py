@@ -26,15 +26,11 @@ import json
 import os
 import os.path as osp
 import shutil
-import sys
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+import numpy as np
+from mmengine.config import Config
 
-import spanet_mm  # noqa: F401,E402  registers SPANet, loads Runner checkpoints safely
-import numpy as np  # noqa: E402
-from mmengine.config import Config  # noqa: E402
+import spanet_mm  # noqa: F401  registers SPANet, loads Runner checkpoints safely
 
 
 def default_image() -> str:

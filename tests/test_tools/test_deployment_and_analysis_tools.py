@@ -15,8 +15,6 @@ from spanet_mm.apis import init_model
 from spanet_mm.checkpoint import CheckpointMismatchError, CheckpointNotFoundError
 from spanet_mm.models import SPANet
 
-sys.path.insert(0, REPO_ROOT)
-
 CLS_CONFIG = osp.join(REPO_ROOT, 'configs', 'classification', 'demo', 'spanet_demo_cls.py')
 # A whole Mask R-CNN of a tiny SPANet (out_indices 0-3); the backbone is exported.
 DET_CONFIG = osp.join(REPO_ROOT, 'configs', 'detection', 'demo', 'mask_rcnn_spanet_demo.py')

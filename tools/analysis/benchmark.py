@@ -63,8 +63,6 @@ except ImportError:
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
 SPANET_ARCHS = ('s', 'm', 'mx', 'b', 'bx')
 DEFAULT_MODELS = ['spanet-s', 'spanet-s-fft', 'spanet-m', 'spanet-m-fft', 'spanet-b',
                   'spanet-b-fft', 'convnext-t', 'poolformer-s24']

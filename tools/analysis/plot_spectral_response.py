@@ -24,15 +24,10 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+import matplotlib
 
-import matplotlib  # noqa: E402
-
-matplotlib.use('Agg')
+matplotlib.use('Agg')  # before pyplot: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
