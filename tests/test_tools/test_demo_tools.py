@@ -111,34 +111,3 @@ def test_converter_progress_and_non_finite_warning(official_fixture, tmp_path):
     total = len(torch.load(tmp_path / 'dst.pth', weights_only=True)['state_dict'])
     assert f'{total}/{total}' in result.stderr  # the progress bar reached the end
     assert "NaN or Inf values, e.g. ['head.fc.bias']" in result.stderr
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason='CPU-only set-up')
-def test_prepare_cpu_distributed(monkeypatch):
-    """The CPU DDP set-up that tools/train.py needs with mmengine 0.10.7 (gloo, no device_ids)."""
-    import socket
-
-    import torch.distributed as dist
-    from mmengine.config import Config
-
-    from spanet_mm.engine import prepare_cpu_distributed
-    cfg = Config(dict(find_unused_parameters=True))
-    assert not prepare_cpu_distributed(cfg, 'none') and 'model_wrapper_cfg' not in cfg
-    with pytest.raises(RuntimeError, match='--launcher pytorch'):
-        prepare_cpu_distributed(cfg, 'slurm')
-    with pytest.raises(RuntimeError, match=r"\['RANK', 'WORLD_SIZE'"):
-        prepare_cpu_distributed(cfg, 'pytorch')
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    for key, value in dict(RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
-                           MASTER_PORT=str(port)).items():
-        monkeypatch.setenv(key, value)
-    try:
-        assert prepare_cpu_distributed(cfg, 'pytorch')
-        assert dist.is_initialized() and dist.get_backend() == 'gloo'
-        assert cfg.model_wrapper_cfg.device_ids is None
-        assert cfg.model_wrapper_cfg.find_unused_parameters is True
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
