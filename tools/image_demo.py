@@ -29,8 +29,10 @@ import shutil
 
 import numpy as np
 from mmengine.config import Config
+from mmengine.runner.checkpoint import _load_checkpoint
 
 import spanet_mm  # noqa: F401  registers SPANet, loads Runner checkpoints safely
+from spanet_mm.checkpoint import check_state_dict
 
 
 def default_image() -> str:
@@ -61,6 +63,15 @@ def load_config(path: str) -> Config:
     return cfg
 
 
+def refuse_misfit(model, checkpoint) -> None:
+    """The toolboxes' inferencers load weights non-strictly (a checkpoint of another model
+    only logs what did not fit), so the file is checked against the model they built, before
+    any image is processed."""
+    if checkpoint is not None:
+        check_state_dict(model.state_dict(), _load_checkpoint(checkpoint, map_location='cpu'),
+                         source=checkpoint)
+
+
 def config_metainfo(cfg) -> dict:
     """classes/palette of the config's test (or train) dataset, if it names them."""
     for phase in ('test', 'val', 'train'):
@@ -79,6 +90,7 @@ def classify(cfg, checkpoint, img, out_dir, device, score_thr):
         'classes')  # the config's classes, not ImageNet's, for a demo/fine-tuned model
     inferencer = ImageClassificationInferencer(
         model=cfg, pretrained=checkpoint or False, device=device, classes=classes)
+    refuse_misfit(inferencer.model, checkpoint)
     result = inferencer(img, show_dir=osp.join(out_dir, 'vis'))[0]
     return dict(pred_label=int(result['pred_label']), pred_score=float(result['pred_score']),
                 pred_class=result.get('pred_class'))
@@ -88,6 +100,7 @@ def detect(cfg, checkpoint, img, out_dir, device, score_thr):
     from mmdet.apis import DetInferencer
     inferencer = DetInferencer(model=cfg, weights=checkpoint, device=device,
                                show_progress=False)
+    refuse_misfit(inferencer.model, checkpoint)
     metainfo = config_metainfo(cfg)
     if checkpoint is None and metainfo:  # random weights: the config's classes, not COCO's
         metainfo.setdefault('palette', 'random')
@@ -105,6 +118,7 @@ def segment(cfg, checkpoint, img, out_dir, device, score_thr):
     inferencer = MMSegInferencer(model=cfg, weights=checkpoint, device=device,
                                  classes=metainfo.get('classes'),
                                  palette=metainfo.get('palette'))
+    refuse_misfit(inferencer.model, checkpoint)
     if metainfo.get('classes'):  # mmseg draws with the model's meta (Cityscapes without weights)
         inferencer.model.dataset_meta = dict(classes=metainfo['classes'],
                                              palette=metainfo.get('palette'))

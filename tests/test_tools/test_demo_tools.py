@@ -101,6 +101,36 @@ def test_image_demo_checks_arguments_before_writing(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('config', [DEMO_CLS, DEMO_DET, DEMO_SEG],
+                         ids=['mmpretrain', 'mmdet', 'mmseg'])
+def test_image_demo_refuses_a_checkpoint_of_another_model(config, tmp_path):
+    """The inferencers alone load it non-strictly and predict with random weights."""
+    from spanet_mm.engine import CheckpointMismatchError
+    torch.save(dict(state_dict={'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}),
+               tmp_path / 'resnet.pth')
+    with pytest.raises(CheckpointMismatchError, match='resnet.pth does not fit the model'):
+        load_tool(IMAGE_DEMO).main([config, '--checkpoints', str(tmp_path / 'resnet.pth'),
+                                    '--out-dir', str(tmp_path / 'd')])
+    assert not list((tmp_path / 'd').glob('*/pred.json'))  # nothing written
+
+
+@pytest.mark.slow
+def test_image_demo_predicts_with_the_checkpoint(tmp_path):
+    """A classifier whose head favours one class: the demo's prediction is that class."""
+    from spanet_mm.apis import init_model
+    model = init_model(DEMO_CLS)
+    state = model.state_dict()
+    state['head.fc.weight'] = torch.zeros_like(state['head.fc.weight'])
+    state['head.fc.bias'] = torch.tensor([0., 0., 9., 0.])  # class 2 of the demo's four
+    torch.save(dict(state_dict=state), tmp_path / 'cls.pth')
+    out = tmp_path / 'd'
+    load_tool(IMAGE_DEMO).main([DEMO_CLS, '--checkpoints', str(tmp_path / 'cls.pth'),
+                                '--out-dir', str(out)])
+    pred = json.loads((out / 'spanet_demo_cls' / 'pred.json').read_text())
+    assert pred['pred_label'] == 2 and pred['pred_score'] > 0.99, pred
+
+
+@pytest.mark.slow
 def test_converter_progress_and_non_finite_warning(official_fixture, tmp_path):
     converter = osp.join(REPO_ROOT, 'tools', 'model_converters', 'spanet_official_to_mm.py')
     state = dict(official_fixture['classification']['state_dict'])
