@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import CheckpointNotFoundError, check_state_dict
 from ...registry import register_model
-from ..layers import SPECTRAL_IMPLS, AutocastConv2d, SpectralPoolingMixer
+from ..layers import AutocastConv2d, SpectralPoolingMixer
 from ..layers.activation import build_mlp_activation
 from ..layers.fused import FusedResidualConv1x1, FusedResidualMlp, scaled_map
 from ..layers.spam import is_channels_last, is_exporting
@@ -217,8 +217,6 @@ class SPANet(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.deploy = False
-        assert spectral_impl in SPECTRAL_IMPLS, \
-            f'spectral_impl must be one of {SPECTRAL_IMPLS}, but got {spectral_impl!r}.'
 
         # Stem (index 0) and the stride-2 downsampling convs that open stages 1..n-1.
         self.downsample_layers = nn.ModuleList(

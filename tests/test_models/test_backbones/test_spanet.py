@@ -31,6 +31,17 @@ def test_arch_validation(arch, message):
         SPANet(arch=arch, init_cfg=None)
 
 
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(spectral_impl='FFT'), "spectral_impl must be one of .*but got 'FFT'"),
+    (dict(frozen_stages=5), r'frozen_stages must be an int in \[-1, 4\]'),
+    (dict(out_indices=4), r'each must be a stage index in \[-4, 3\]'),
+    (dict(out_indices=(1, -3)), 'name the same stage twice'),
+])
+def test_argument_validation(kwargs, message):
+    with pytest.raises(AssertionError, match=message):
+        build(**kwargs)
+
+
 def test_presets_match_official_sizes():
     # Backbone-only counts of the official model (no head, no fixed filters, one output norm).
     expected = {'s': 28_092_096, 'm': 41_173_952, 'mx': 54_255_808, 'b': 75_087_168,
