@@ -1,14 +1,16 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
-"""Runner-level reliability (exact resume, checkpoint checks, atomic checkpoint writes), input
-checks, CPU-only DDP and AMP, and what the tools do around the Runner (:mod:`.launch`)."""
+"""Runner-level reliability (exact resume, checkpoint checks, atomic checkpoint writes), dataset
+checks, the CPU-only workarounds (:mod:`.cpu`: gloo DDP, CPU AMP, mmcv's float32-only ops), and
+what the tools do around the Runner (:mod:`.launch`)."""
 from .atomic_fileio import (AtomicLocalBackend, DeferredCheckpointRemovalHook,
                             install_atomic_local_backend)
-from .checks import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
-                     check_cfg_options, check_dataset_formats, check_datasets)
-from .dist import finish_distributed, prepare_cpu_distributed
+from .cpu import (CPUAmpOptimWrapper, finish_distributed, prepare_cpu_distributed,
+                  run_mmcv_cpu_ops_in_float32)
+from .dataset_checks import (DatasetFormatError, DatasetNotFoundError, check_dataset_formats,
+                             check_datasets)
 from .hooks import (CheckpointCheckHook, CheckpointMismatchError, ExactResumeError,
                     RNGStateHook)
-from .optim_wrapper import CPUAmpOptimWrapper
+from .launch import ConfigKeyError, check_cfg_options
 
 install_atomic_local_backend()  # checkpoints are written atomically (no truncated files)
 
@@ -17,5 +19,5 @@ __all__ = [
     'ConfigKeyError', 'DatasetFormatError', 'DatasetNotFoundError',
     'DeferredCheckpointRemovalHook', 'ExactResumeError', 'RNGStateHook', 'check_cfg_options',
     'check_dataset_formats', 'check_datasets', 'finish_distributed',
-    'install_atomic_local_backend', 'prepare_cpu_distributed'
+    'install_atomic_local_backend', 'prepare_cpu_distributed', 'run_mmcv_cpu_ops_in_float32'
 ]

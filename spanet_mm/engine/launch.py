@@ -4,10 +4,11 @@
 Run policy (hooks, dataloader settings) lives in the configs, so that the toolboxes' own tools
 run a config as ours do. What is left for a tool is the command line: checked
 ``--cfg-options``, the work dir, the launcher (with the CPU-only DDP set-up of
-:mod:`.dist`), ``--amp`` (CUDA or CPU mixed precision), pre-flight dataset checks, and ending
+:mod:`.cpu`), ``--amp`` (CUDA or CPU mixed precision), pre-flight dataset checks, and ending
 the process: a :class:`~spanet_mm.errors.UserError` as one ``ERROR:`` line, a finished
 distributed run torn down deterministically.
 """
+import difflib
 import gc
 import os
 import os.path as osp
@@ -15,14 +16,27 @@ import sys
 from typing import Callable, Optional, Sequence
 
 import torch
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config
 from mmengine.logging import print_log
 
 from ..errors import UserError
-from .checks import check_cfg_options, check_dataset_formats, check_datasets
-from .dist import finish_distributed, prepare_cpu_distributed
+from .cpu import finish_distributed, prepare_cpu_distributed
+from .dataset_checks import check_dataset_formats, check_datasets
 
 SCOPES = ('mmpretrain', 'mmdet', 'mmseg')
+
+#: Top-level keys the Runner (``Runner.from_cfg``) and the tools read besides those a config
+#: usually has. A ``--cfg-options`` key outside the config and this set is a typo.
+RUNNER_KEYS = frozenset({
+    'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg',
+    'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler',
+    'val_evaluator', 'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor',
+    'load_from', 'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer',
+    'default_scope', 'randomness', 'experiment_name', 'runner_type', 'custom_imports',
+    'find_unused_parameters', 'sync_bn', 'compile', 'activation_checkpointing',
+    'efficient_conv_bn_eval', 'strategy', 'tta_model', 'tta_pipeline', 'model_wrapper_cfg',
+    'cfg', 'gpu_ids', 'dist_params',
+})
 
 
 class ScopeError(UserError, ValueError):
@@ -31,6 +45,33 @@ class ScopeError(UserError, ValueError):
 
 class ToolOptionError(UserError, ValueError):
     """A command-line option that does not fit the config."""
+
+
+class ConfigKeyError(UserError, ValueError):
+    """A ``--cfg-options`` key that the config does not have and nothing reads."""
+
+
+def check_cfg_options(cfg, options: Optional[dict]) -> None:
+    """Rejects ``--cfg-options`` whose top-level key is neither in ``cfg`` nor read by the Runner.
+
+    Call it with the config *before* ``cfg.merge_from_dict(options)``. Nested keys are checked
+    when their object is built: SPANet and mmengine's loops, hooks and dataloaders raise
+    ``TypeError: ... unexpected keyword argument '<key>'`` for a key they do not take.
+    """
+    if not options:
+        return
+    known = set(cfg.keys()) | RUNNER_KEYS
+    for key in options:
+        top = key.split('.')[0]
+        if top in known:
+            continue
+        close = difflib.get_close_matches(top, sorted(known), n=3)
+        hint = f' Did you mean {" or ".join(repr(c) for c in close)}?' if close else ''
+        raise ConfigKeyError(
+            f'--cfg-options {key}: the config has no key {top!r} and the Runner does not read '
+            f'one, so this option would be silently ignored.{hint} Check the spelling against '
+            'the config (print it with `python -c "from mmengine import Config; '
+            'print(Config.fromfile(\'CONFIG\').pretty_text)"`).')
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
@@ -65,14 +106,9 @@ def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None
 
 
 def set_launcher(cfg: Config, launcher: str, local_rank: int = 0) -> None:
-    """The launcher; without CUDA the gloo backend and the CPU DDP set-up of :mod:`.dist`."""
+    """The launcher; without CUDA the CPU DDP set-up of :mod:`.cpu` (gloo)."""
     os.environ.setdefault('LOCAL_RANK', str(local_rank))
     cfg.launcher = launcher
-    if torch.cuda.is_available():
-        return
-    cfg.setdefault('env_cfg', ConfigDict())
-    cfg.env_cfg.setdefault('dist_cfg', ConfigDict())
-    cfg.env_cfg.dist_cfg.backend = 'gloo'
     try:
         prepare_cpu_distributed(cfg, launcher)
     except RuntimeError as err:  # slurm/mpi without CUDA, or torchrun variables missing

@@ -1,9 +1,9 @@
 """Many short two-process CPU DDP runs, each ended the way tools/train.py ends.
 
-Usage: python ddp_exit_probe.py DIST_PY LAUNCHES [fail]
+Usage: python ddp_exit_probe.py CPU_PY LAUNCHES [fail]
 
 Prints one JSON line: the exit status of both ranks of every launch (a signal as its negative
-number, as subprocess does). DIST_PY is spanet_mm/engine/dist.py, loaded by path: this process
+number, as subprocess does). CPU_PY is spanet_mm/engine/cpu.py, loaded by path: this process
 imports torch once (the package would also import the three toolboxes) and forks the two ranks
 of each launch from that state. A forked rank that leaves the ``if`` below falls through to the
 end of this script, so it exits like any Python process: interpreter finalization and C++

@@ -23,7 +23,7 @@ from conftest import REPO_ROOT, load_tool, run_python
 from spanet_mm import SPANet
 from spanet_mm.engine import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
                               check_cfg_options, check_dataset_formats, check_datasets)
-from spanet_mm.engine.checks import check_ade20k_folder, check_coco_file, check_image_list
+from spanet_mm.engine.dataset_checks import check_ade20k_folder, check_coco_file, check_image_list
 
 TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
 TEST = osp.join(REPO_ROOT, 'tools', 'test.py')

@@ -1,11 +1,7 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
-"""Checks that turn bad user input into one clear error before a long run starts.
+"""Dataset checks that turn a missing or malformed dataset into one clear error before a long
+run starts (``tools/train.py`` / ``tools/test.py``, through :func:`.launch.check_data`):
 
-Used by ``tools/train.py`` / ``tools/test.py``:
-
-- :func:`check_cfg_options`: ``--cfg-options`` keys that name nothing (mmengine silently adds
-  new keys; a top-level typo such as ``max_epoch=3`` or ``trian_dataloader.batch_size=2`` would
-  be ignored by the Runner).
 - :func:`check_datasets`: dataset paths (data roots, annotation files, image folders, the
   evaluators' annotation files) that do not exist, with the expected layout of the task.
 - :func:`check_dataset_formats`: annotation files that exist but are malformed (a COCO json
@@ -14,7 +10,6 @@ Used by ``tools/train.py`` / ``tools/test.py``:
 
 Each raises an error whose message names the problem and the fix.
 """
-import difflib
 import json
 import os
 import os.path as osp
@@ -22,49 +17,8 @@ from typing import Iterable, Iterator, List, Optional
 
 from ..errors import UserError
 
-#: Top-level keys the Runner (``Runner.from_cfg``) and the tools read besides those a config
-#: usually has. A ``--cfg-options`` key outside the config and this set is a typo.
-RUNNER_KEYS = frozenset({
-    'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg',
-    'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler',
-    'val_evaluator', 'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor',
-    'load_from', 'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer',
-    'default_scope', 'randomness', 'experiment_name', 'runner_type', 'custom_imports',
-    'find_unused_parameters', 'sync_bn', 'compile', 'activation_checkpointing',
-    'efficient_conv_bn_eval', 'strategy', 'tta_model', 'tta_pipeline', 'model_wrapper_cfg',
-    'cfg', 'gpu_ids', 'dist_params',
-})
-
-
-class ConfigKeyError(UserError, ValueError):
-    """A ``--cfg-options`` key that the config does not have and nothing reads."""
-
-
 class DatasetFormatError(UserError, ValueError):
     """An annotation file or folder that exists but is not in the expected format."""
-
-
-def check_cfg_options(cfg, options: Optional[dict]) -> None:
-    """Rejects ``--cfg-options`` whose top-level key is neither in ``cfg`` nor read by the Runner.
-
-    Call it with the config *before* ``cfg.merge_from_dict(options)``. Nested keys are checked
-    when their object is built: SPANet and mmengine's loops, hooks and dataloaders raise
-    ``TypeError: ... unexpected keyword argument '<key>'`` for a key they do not take.
-    """
-    if not options:
-        return
-    known = set(cfg.keys()) | RUNNER_KEYS
-    for key in options:
-        top = key.split('.')[0]
-        if top in known:
-            continue
-        close = difflib.get_close_matches(top, sorted(known), n=3)
-        hint = f' Did you mean {" or ".join(repr(c) for c in close)}?' if close else ''
-        raise ConfigKeyError(
-            f'--cfg-options {key}: the config has no key {top!r} and the Runner does not read '
-            f'one, so this option would be silently ignored.{hint} Check the spelling against '
-            'the config (print it with `python -c "from mmengine import Config; '
-            'print(Config.fromfile(\'CONFIG\').pretty_text)"`).')
 
 
 # --- dataset paths -----------------------------------------------------------------------------

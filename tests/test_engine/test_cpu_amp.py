@@ -1,4 +1,5 @@
-"""`tools/train.py --amp` on CPUs: bfloat16 autocast training steps for every task."""
+"""spanet_mm/engine/cpu.py's mixed precision: `tools/train.py --amp` on CPUs, bfloat16 autocast
+training steps for every task, and mmcv's float32-only ops under CPU autocast."""
 import pytest
 import torch
 from mmengine.config import Config
@@ -80,3 +81,34 @@ def test_non_reduced_dtype_is_refused(dtype):
     for ok in ('bfloat16', torch.float16):  # the two autocast dtypes are accepted
         wrapper = CPUAmpOptimWrapper(dtype=ok, optimizer=torch.optim.SGD(params, lr=0.1))
         assert wrapper.cast_dtype == (getattr(torch, ok) if isinstance(ok, str) else ok)
+
+
+def test_mmcv_float32_only_ops_under_cpu_autocast():
+    """mmcv's CPU nms and RoIAlign kernels take float32 only; under bf16 autocast they get
+    float32 and give the autocast dtype, with the float32 kernels' values. Patched once."""
+    from mmcv.ops import nms, roi_align
+    from mmcv.ops.nms import NMSop
+
+    from spanet_mm.engine import run_mmcv_cpu_ops_in_float32
+    gen = torch.Generator().manual_seed(0)
+    corners = torch.rand(30, 2, generator=gen) * 50
+    boxes = torch.cat([corners, corners + 5 + torch.rand(30, 2, generator=gen) * 20], 1)
+    scores = torch.rand(30, generator=gen)
+    feats = torch.randn(1, 4, 16, 16, generator=gen)
+    rois = torch.tensor([[0., 1., 1., 9., 12.], [0., 0., 3., 15., 15.]])
+    _, keep32 = nms(boxes, scores, 0.3)
+    pooled32 = roi_align(feats, rois, (3, 3), 1.0, 2)
+
+    run_mmcv_cpu_ops_in_float32()
+    forward = NMSop.forward
+    run_mmcv_cpu_ops_in_float32()
+    assert NMSop.forward is forward  # idempotent: wrapped once
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        _, keep16 = nms(boxes.bfloat16(), scores.bfloat16(), 0.3)
+        pooled16 = roi_align(feats.bfloat16(), rois.bfloat16(), (3, 3), 1.0, 2)
+    assert pooled16.dtype == torch.bfloat16
+    torch.testing.assert_close(pooled16.float(), roi_align(
+        feats.bfloat16().float(), rois.bfloat16().float(), (3, 3), 1.0, 2), rtol=1e-2, atol=1e-2)
+    assert pooled32.shape == pooled16.shape
+    # bf16 rounding of the boxes can reorder near-ties only: most kept boxes agree.
+    assert len(set(keep16.tolist()) & set(keep32.tolist())) >= 0.8 * len(keep32)

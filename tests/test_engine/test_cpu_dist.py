@@ -1,11 +1,11 @@
-"""spanet_mm/engine/dist.py: the CPU distributed set-up, and two-process CPU runs that end with
+"""spanet_mm/engine/cpu.py: the CPU distributed set-up, and two-process CPU runs that end with
 the right exit status, every time.
 
 A gloo group that has served DDP keeps its threads after ``destroy_process_group`` (torch
 2.14), and an interpreter exit under those threads can abort a rank whose run succeeded
 (SIGABRT, about 1 launch in 9 before ``finish_distributed``). tests/data/ddp_exit_probe.py runs
 short real two-process runs (gloo group, DDP, three steps), each ended by
-:func:`spanet_mm.engine.dist.finish_distributed` as ``tools/train.py``/``tools/test.py`` end;
+:func:`spanet_mm.engine.cpu.finish_distributed` as ``tools/train.py``/``tools/test.py`` end;
 a launch costs a fraction of a second, so enough of them run to catch a 10% failure rate
 (40 launches: 0.9^40 < 2%). The full tools run as two processes in tests/test_tools/test_dist_train.py
 and tests/test_tools/test_train_test.py.
@@ -25,12 +25,12 @@ from conftest import REPO_ROOT
 from spanet_mm.engine import prepare_cpu_distributed
 
 PROBE = osp.join(REPO_ROOT, 'tests', 'data', 'ddp_exit_probe.py')
-DIST_PY = osp.join(REPO_ROOT, 'spanet_mm', 'engine', 'dist.py')
+CPU_PY = osp.join(REPO_ROOT, 'spanet_mm', 'engine', 'cpu.py')
 LAUNCHES = 40
 
 
 def run_probe(*args):
-    result = subprocess.run([sys.executable, PROBE, DIST_PY, *map(str, args)],
+    result = subprocess.run([sys.executable, PROBE, CPU_PY, *map(str, args)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stdout + result.stderr
