@@ -28,6 +28,20 @@ def load_tool(path: str):
     return module
 
 
+def generate_demo_data(out) -> str:
+    """``tools/generate_demo_data.py --out OUT`` in-process: the demo COCO, ADE20K and ImageNet
+    sets under ``OUT`` (a fixture's input; the tool's command line is tested on its own)."""
+    load_tool('tools/generate_demo_data.py').main(['--out', str(out)])
+    return str(out)
+
+
+def convert_official_file(src, dst) -> str:
+    """``tools/model_converters/spanet_official_to_mm.py SRC DST`` in-process (the tool's
+    ``main``; its failures as a process are tested in test_conversion.py)."""
+    load_tool('tools/model_converters/spanet_official_to_mm.py').main([str(src), str(dst)])
+    return str(dst)
+
+
 def in_ci() -> bool:
     """CI runs the suite with CI=true: there a missing fixture is a failure, not a skip."""
     return os.environ.get('CI', '').lower() == 'true'

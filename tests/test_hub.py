@@ -137,12 +137,8 @@ def save_model(model, path, dataset_meta=None):
 
 
 def build_from_config(config):
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-    cfg = Config.fromfile(config)
-    cfg.model.backbone.init_cfg = None
-    init_default_scope(cfg.default_scope)
-    return MODELS.build(cfg.model)
+    from spanet_mm.apis import init_model
+    return init_model(config, cfg_options={'model.backbone.init_cfg': None})
 
 
 def photo_size():

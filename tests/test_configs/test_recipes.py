@@ -20,7 +20,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import PARAM_SCHEDULERS, init_default_scope
 
 import spanet_mm  # noqa: F401
-from conftest import REPO_ROOT, run_python
+from conftest import REPO_ROOT, convert_official_file
 
 CONFIG_DIR = osp.join(REPO_ROOT, 'configs')
 with open(osp.join(REPO_ROOT, 'tests', 'data', 'official_recipes.yml')) as f:
@@ -397,9 +397,7 @@ def converted_checkpoint(official_fixture, tmp_path_factory):
     state['norm.weight'] = torch.full_like(state['norm.weight'], 1.5)
     state['norm.bias'] = torch.full_like(state['norm.bias'], -0.25)
     torch.save(state, folder / 'official.pth')
-    converter = osp.join(REPO_ROOT, 'tools', 'model_converters', 'spanet_official_to_mm.py')
-    result = run_python(converter, folder / 'official.pth', folder / 'converted.pth')
-    assert result.returncode == 0, result.stderr
+    convert_official_file(folder / 'official.pth', folder / 'converted.pth')
     arch = {k: official_fixture['arch'][k] for k in ('layers', 'embed_dims', 'mlp_ratios')}
     return folder / 'converted.pth', arch
 

@@ -5,8 +5,6 @@ import os
 import os.path as osp
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,12 +12,11 @@ import torch
 from mmengine.hooks import Hook
 
 import spanet_mm  # noqa: F401  registers RNGStateHook
-from conftest import REPO_ROOT, run_python, start_python
+from conftest import REPO_ROOT, generate_demo_data, run_python, start_python
 
 TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
 TEST_DATA = osp.join(REPO_ROOT, 'tests', 'data')
 DEMO_CLS = osp.join(REPO_ROOT, 'configs', 'classification', 'demo', 'spanet_demo_cls.py')
-GENERATOR = osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py')
 
 # The classification demo config, made smaller (32 train / 8 val images, 4 iterations per
 # epoch, 2 epochs), with randomness in the model (drop path) and in the data (random crops and
@@ -46,8 +43,7 @@ custom_hooks = {hooks!r}
 @pytest.fixture(scope='module')
 def configs(tmp_path_factory):
     root = tmp_path_factory.mktemp('resume')
-    subprocess.run([sys.executable, GENERATOR, '--out', str(root / 'data')], check=True,
-                   capture_output=True)
+    generate_demo_data(root / 'data')
     data_root = root / 'data' / 'imagenet'
     for split, keep in (('train', range(0, 160, 5)), ('val', range(8))):
         lines = (data_root / 'meta' / f'{split}.txt').read_text().splitlines()

@@ -12,13 +12,11 @@ id); without that, a resumed run's fresh persistent workers draw other augmentat
 import os
 import os.path as osp
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, start_python
+from conftest import REPO_ROOT, generate_demo_data, start_python
 
 TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
 CONFIGS = osp.join(REPO_ROOT, 'configs')
@@ -53,9 +51,7 @@ def _env():
 def workspace(tmp_path_factory):
     """data/demo/{coco,ade,imagenet} from tools/generate_demo_data.py, where the tools run."""
     root = tmp_path_factory.mktemp('workers')
-    subprocess.run([sys.executable, osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py'),
-                    '--out', 'data/demo'], cwd=root, check=True, capture_output=True,
-                   timeout=120)
+    generate_demo_data(root / 'data' / 'demo')
     return root
 
 

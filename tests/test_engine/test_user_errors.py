@@ -11,15 +11,13 @@ Cases covered elsewhere (not repeated here):
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
 from mmengine.config import Config
 
 import spanet_mm  # noqa: F401
-from conftest import REPO_ROOT, load_tool, run_python
+from conftest import REPO_ROOT, generate_demo_data, load_tool, run_python
 from spanet_mm import SPANet
 from spanet_mm.engine import (ConfigKeyError, DatasetFormatError, DatasetNotFoundError,
                               check_cfg_options, check_dataset_formats, check_datasets)
@@ -28,7 +26,6 @@ from spanet_mm.engine.dataset_checks import check_ade20k_folder, check_coco_file
 TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
 TEST = osp.join(REPO_ROOT, 'tools', 'test.py')
 DEMO_CLS = osp.join(REPO_ROOT, 'configs', 'classification', 'demo', 'spanet_demo_cls.py')
-GENERATOR = osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py')
 TINY = dict(layers=[1, 1, 1, 1], embed_dims=[16, 32, 48, 64])
 
 CLS_CONFIG = """
@@ -50,8 +47,7 @@ def run_tool(*args, timeout=240):
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp('errors')
-    subprocess.run([sys.executable, GENERATOR, '--out', str(root / 'data')], check=True,
-                   capture_output=True)
+    generate_demo_data(root / 'data')
     config = root / 'cls.py'
     config.write_text(CLS_CONFIG.format(base=DEMO_CLS,
                                         data_root=str(root / 'data' / 'imagenet')))
@@ -347,12 +343,11 @@ def test_unknown_top_level_key_through_train_tool(demo, tmp_path):
 
 def tta_runner(work_dir, load_from):
     """A real Runner around the demo classifier wrapped as by tools/test.py --tta."""
-    from mmengine.registry import init_default_scope
     from mmengine.runner import Runner
     from mmpretrain.models import AverageClsScoreTTA
-    from mmpretrain.registry import MODELS
-    init_default_scope('mmpretrain')
-    model = MODELS.build(Config.fromfile(DEMO_CLS).model)
+
+    from spanet_mm.apis import init_model
+    model = init_model(DEMO_CLS)
     return Runner(model=AverageClsScoreTTA(module=model), work_dir=str(work_dir),
                   load_from=str(load_from), custom_hooks=[dict(type='CheckpointCheckHook')],
                   default_scope='mmpretrain')

@@ -70,6 +70,7 @@ def _set_up(script, env):
     return result.stdout
 
 
+@pytest.mark.slow  # runs tools/setup_env.sh (bash)
 @pytest.mark.parametrize('marker,with_python', [('first', True), ('update', False)],
                          ids=['first-build', 'update-without-pip'])
 def test_interrupted_setup_is_built_again(tmp_path, marker, with_python):
@@ -86,6 +87,7 @@ def test_interrupted_setup_is_built_again(tmp_path, marker, with_python):
     assert 'building' not in again and 'start over' not in again and 'again' not in again, again
 
 
+@pytest.mark.slow  # runs tools/setup_env.sh (bash)
 def test_unfinished_update_is_redone_in_place(tmp_path):
     """An update that failed (pip offline, say) leaves a working environment: the next run
     redoes the update in it rather than removing it."""
@@ -95,6 +97,7 @@ def test_unfinished_update_is_redone_in_place(tmp_path):
     assert (venv / 'left_over').exists() and not (venv / '.spanet_mm_building').exists()
 
 
+@pytest.mark.slow  # runs tools/setup_env.sh (bash)
 def test_one_setup_at_a_time(tmp_path):
     """Clones on one machine share the environment: a set-up waits while another holds the
     cache's lock (flock, as tools/setup_env.sh takes it) and only then touches the venv."""

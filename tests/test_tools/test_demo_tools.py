@@ -34,18 +34,11 @@ def png_is_non_trivial(path, min_side=200):
     return len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 20
 
 
-@pytest.mark.slow  # the tool end to end, as a process
+@pytest.mark.slow  # the tool end to end (in-process), with matplotlib's rendering
 def test_plot_spectral_response(tmp_path):
     # A checkpoint of the demo classifier, as tools/train.py would write it.
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-
-    import spanet_mm  # noqa: F401
-    from mmpretrain.registry import MODELS
-    cfg = Config.fromfile(DEMO_CLS)
-    init_default_scope('mmpretrain')
-    model = MODELS.build(cfg.model)
-    model.init_weights()
+    from spanet_mm.apis import init_model
+    model = init_model(DEMO_CLS)
     torch.save(dict(state_dict=model.state_dict(), meta=dict()), tmp_path / 'cls.pth')
 
     out = tmp_path / 'plots'

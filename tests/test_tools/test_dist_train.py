@@ -24,16 +24,14 @@ import os
 import os.path as osp
 import socket
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT, run_python
+from conftest import REPO_ROOT, generate_demo_data, run_python
 
 # SPANET_DIST_TRAIN: another launcher script with the same interface (for debugging).
 DIST_TRAIN = os.environ.get('SPANET_DIST_TRAIN', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'))
 TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
-GENERATOR = osp.join(REPO_ROOT, 'tools', 'generate_demo_data.py')
 DATA_DIR = osp.join(REPO_ROOT, 'tests', 'data')
 
 pytestmark = pytest.mark.slow  # real two-process DDP runs of tools/dist_train.sh
@@ -88,8 +86,7 @@ train_cfg = dict(max_epochs=1, val_interval=1000)
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp('dist')
-    subprocess.run([sys.executable, GENERATOR, '--out', str(root / 'data')], check=True,
-                   capture_output=True)
+    generate_demo_data(root / 'data')
     return root
 
 

@@ -8,13 +8,11 @@ runs as a real process to check the exit status and the whole output.
 """
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, FileCreatingPayload, load_tool, run_python
+from conftest import REPO_ROOT, FileCreatingPayload, generate_demo_data, load_tool, run_python
 from spanet_mm import SPANet
 from spanet_mm.engine.launch import run_tool
 
@@ -34,8 +32,7 @@ test_dataloader = val_dataloader
 @pytest.fixture(scope='module')
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp('refused')
-    subprocess.run([sys.executable, osp.join(TOOLS, 'generate_demo_data.py'), '--out',
-                    str(root / 'data')], check=True, capture_output=True, timeout=120)
+    generate_demo_data(root / 'data')
     config = root / 'cls.py'
     config.write_text(CONFIG.format(base=DEMO_CLS, data_root=str(root / 'data' / 'imagenet'),
                                     dims=ARCH['embed_dims']))

@@ -23,7 +23,7 @@ from mmengine.utils import ProgressBar
 from spanet_mm.conversion import CheckpointConversionError, convert_official
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('src', help='official checkpoint (.pth)')
     parser.add_argument('dst', help='output path')
@@ -31,7 +31,7 @@ def parse_args():
         '--arch',
         choices=['s', 'm', 'mx', 'b', 'bx'],
         help='fail unless the checkpoint is this preset (default: accept any arch)')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def save_atomically(obj, dst: str) -> None:
@@ -64,8 +64,8 @@ def check_values(state_dict) -> None:
               f'{non_finite[:3]}; the source file may be damaged.', file=sys.stderr)
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     if not osp.isfile(args.src):
         sys.exit(f'error: {args.src} does not exist.')
     try:

@@ -7,16 +7,9 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
-from conftest import REPO_ROOT, run_python
+from conftest import REPO_ROOT, convert_official_file
 
-CONVERTER = osp.join(REPO_ROOT, 'tools', 'model_converters', 'spanet_official_to_mm.py')
 TOLERANCE = 1e-4
-
-
-def convert(src, dst):
-    result = run_python(CONVERTER, src, dst)
-    assert result.returncode == 0, result.stderr
-    return dst
 
 
 def fixture_arch(fixture):
@@ -27,7 +20,7 @@ def fixture_arch(fixture):
 def converted_classifier(official_fixture, tmp_path_factory):
     folder = tmp_path_factory.mktemp('cls')
     torch.save(official_fixture['classification']['state_dict'], folder / 'official.pth')
-    return convert(folder / 'official.pth', folder / 'converted.pth')
+    return convert_official_file(folder / 'official.pth', folder / 'converted.pth')
 
 
 # 'deploy': the low-rank model after SPANet.switch_to_deploy() (fused inference form).
@@ -66,7 +59,7 @@ def dense_official_checkpoint(fixture):
 def test_dense_features(official_fixture, tmp_path, impl, scope):
     """Converted weights load through `init_cfg=Pretrained` into the mmdet/mmseg backbone."""
     torch.save(dense_official_checkpoint(official_fixture), tmp_path / 'official_det.pth')
-    converted = convert(tmp_path / 'official_det.pth', tmp_path / 'converted.pth')
+    converted = convert_official_file(tmp_path / 'official_det.pth', tmp_path / 'converted.pth')
     init_default_scope(scope)
     registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
     backbone = registry.build(dict(
