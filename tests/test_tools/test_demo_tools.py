@@ -93,6 +93,15 @@ def test_image_demo_checks_arguments_before_writing(tmp_path):
     assert not (tmp_path / 'd').exists()
 
 
+def test_plot_spectral_response_refuses_another_backbone(tmp_path):
+    from spanet_mm.apis import NotSPANetError
+    (tmp_path / 'resnet.py').write_text("_base_ = ['mmpretrain::resnet/resnet18_8xb32_in1k.py']\n")
+    with pytest.raises(NotSPANetError, match='the backbone is ResNet, not SPANet'):
+        load_tool(PLOT).main([str(tmp_path / 'resnet.py'), 'none', '--img', photo(),
+                              '--out-dir', str(tmp_path / 'plots')])
+    assert not (tmp_path / 'plots').exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('config', [DEMO_CLS, DEMO_DET, DEMO_SEG],
                          ids=['mmpretrain', 'mmdet', 'mmseg'])

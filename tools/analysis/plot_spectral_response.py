@@ -56,20 +56,17 @@ def build_model(config: str, checkpoint: str, device: str):
     """``(backbone, mean, std)`` of the config's model; ``checkpoint='none'``: random weights."""
     from mmengine.config import Config
 
-    from spanet_mm.apis import init_model
+    from spanet_mm.apis import init_model, spanet_backbone
 
     cfg = Config.fromfile(config)
-    backbone_cfg = cfg.model.get('backbone')
-    if not backbone_cfg or 'SPANet' not in str(backbone_cfg.get('type')):
-        raise SystemExit(f'error: {config} has no SPANet backbone (model.backbone.type is '
-                         f'{backbone_cfg and backbone_cfg.get("type")!r}).')
-    if checkpoint == 'none':
-        backbone_cfg.init_cfg = None  # random weights on purpose, not the Pretrained file
-    # A missing, unsafe or unfitting checkpoint raises a UserError: one ERROR line (run_tool).
+    if checkpoint == 'none':  # random weights on purpose, not the Pretrained file
+        cfg.merge_from_dict({'model.backbone.init_cfg': None})
+    # A missing, unsafe or unfitting checkpoint, or another backbone, raises a UserError: one
+    # ERROR line (run_tool).
     model = init_model(cfg, None if checkpoint == 'none' else checkpoint, device)
     mean = cfg.model.get('data_preprocessor', {}).get('mean', DEFAULT_MEAN)
     std = cfg.model.get('data_preprocessor', {}).get('std', DEFAULT_STD)
-    return model.backbone, mean, std
+    return spanet_backbone(model, config), mean, std
 
 
 def load_image(path: str, size: int, mean, std) -> torch.Tensor:
