@@ -75,6 +75,34 @@ def test_export_dense_backbone_dynamic_odd_sizes(tmp_path):
         assert abs(a - b.numpy()).max() <= 1e-4
 
 
+@pytest.mark.slow  # ONNX export and onnxruntime end to end
+def test_export_atol_and_verify_shape(tmp_path, capsys):
+    """--verify-shape is the second size checked with --dynamic (batch + 1); the default
+    --atol (1e-4) passes, an --atol under the real difference fails with a clear message and
+    writes nothing."""
+    from tools.deployment.pytorch2onnx import main, parse_args
+    assert parse_args(['a.py', 'b.pth', 'c.onnx']).atol == 1e-4
+    ckpt = random_checkpoint(tmp_path, CLS_CONFIG, 'cls.pth')
+    out = tmp_path / 'cls.onnx'
+    argv = [CLS_CONFIG, ckpt, str(out), '--shape', '64', '96', '--dynamic', '--verify-shape',
+            '40', '72']
+    capsys.readouterr()
+    worst = export(argv)
+    checked = [line.strip() for line in capsys.readouterr().out.splitlines()
+               if 'onnxruntime matches PyTorch' in line]
+    assert checked == ['onnxruntime matches PyTorch on input (1, 3, 64, 96)',
+                       'onnxruntime matches PyTorch on input (2, 3, 40, 72)']
+    assert 0 < worst <= 1e-4 and out.exists()
+    out.unlink()
+    atol = worst / 2
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv + ['--atol', repr(atol)])
+    message = str(excinfo.value.code)
+    assert message.startswith('ERROR: input ('), message
+    assert 'differs from PyTorch by' in message and message.endswith(f'(> {atol:g})'), message
+    assert not out.exists() and not list(tmp_path.glob('*.tmp'))
+
+
 def test_export_rejects_wrong_checkpoint(tmp_path):
     # The demo classifier's backbone without its head: every exported tensor must be there.
     backbone = init_model(CLS_CONFIG).backbone
@@ -110,6 +138,116 @@ def test_get_flops_matches_paper():
     assert round(r['macs']['linear'] / 1e9, 4) == 0.0005
     assert round(r['macs_paper'] / 1e9, 4) == 4.6267
     assert r['macs_lowrank_total'] > r['macs_paper']
+
+
+# ../shared/spec/spanet.md, "Variants": layers, embed dims, params incl. fixed filters, params
+# excl. filters, backbone only, MACs (paper's count) at 224x224.
+PAPER_VARIANTS = {
+    'S': ((4, 4, 12, 4), (64, 128, 320, 512), 28_659_780, 28_605_096, 28_092_096, 4.6267),
+    'M': ((6, 6, 18, 6), (64, 128, 320, 512), 41_768_978, 41_686_952, 41_173_952, 6.8238),
+    'MX': ((8, 8, 24, 8), (64, 128, 320, 512), 54_878_176, 54_768_808, 54_255_808, 9.0209),
+    'B': ((6, 6, 18, 6), (96, 192, 384, 768), 75_938_194, 75_856_168, 75_087_168, 11.9833),
+    'BX': ((8, 8, 24, 8), (96, 192, 384, 768), 99_827_680, 99_718_312, 98_949_312, 15.8326),
+}
+# Fourier modes of the low-rank spectral mixing per stage (radius 2, 2, 1, 1) where every bin
+# exists: radius 2: DC + 6 mirror pairs (cos, sin) = 13; radius 1: DC + 2 pairs = 5.
+STAGE_MODES = (13, 13, 5, 5)
+
+
+def stage_sizes(layers, shape):
+    """(H_i, W_i) of the four stages: stride 4 stem (7x7, padding 2), then stride 2 (3x3, 1)."""
+    height, width = (shape[0] + 4 - 7) // 4 + 1, (shape[1] + 4 - 7) // 4 + 1
+    sizes = []
+    for _ in layers:
+        sizes.append((height, width))
+        height, width = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+    return sizes
+
+
+def lowrank_macs(layers, dims, shape):
+    """Per token mixer C*H*W*J (projection) + C*C*J (mixing) + C*H*W*J (expansion)."""
+    return sum(n * (2 * c * h * w * j + c * c * j) for n, c, (h, w), j in zip(
+        layers, dims, stage_sizes(layers, shape), STAGE_MODES))
+
+
+def fixed_filters(layers, shape, chunks=3):
+    """The official model's fixed filters: three (1, H_i, W_i) tensors per block."""
+    return sum(n * chunks * h * w for n, (h, w) in zip(layers, stage_sizes(layers, shape)))
+
+
+@pytest.mark.slow  # SPANet-S counted at two input sizes
+def test_get_flops_lowrank_macs_and_filters_follow_the_stage_sizes():
+    from spanet_mm.models.layers.spectral_pooling import fourier_modes
+    from tools.analysis.get_flops import build, count
+    layers, dims, with_filters, params, _, _ = PAPER_VARIANTS['S']
+    model, backbone, is_classifier = build(
+        osp.join(REPO_ROOT, 'configs', 'classification', 'spanet_s_in1k.py'))
+    for shape in [(224, 224), (224, 320)]:
+        sizes = stage_sizes(layers, shape)
+        # Cross-check of the mode counts (the expected values come from the formula above).
+        for (h, w), radius, j in zip(sizes, (2, 2, 1, 1), STAGE_MODES):
+            assert fourier_modes(h, w, radius, torch.float64, torch.device('cpu'))[0].shape[0] == j
+        r = count(model, backbone, is_classifier, shape)
+        assert r['stage_sizes'] == dict(zip(dims, sizes))
+        assert r['macs']['lowrank_spectral'] == lowrank_macs(layers, dims, shape)
+        assert r['macs_lowrank_total'] == r['macs_paper'] + lowrank_macs(layers, dims, shape)
+        assert r['params_model'] == params
+        assert r['params_filters'] == fixed_filters(layers, shape)
+    assert lowrank_macs(layers, dims, (224, 224)) == 52_291_584
+    assert params + fixed_filters(layers, (224, 224)) == with_filters  # the paper's count
+
+
+def get_flops_main(argv, capsys, start=None):
+    """The tool's stdout from the last line that starts with ``start`` (after the model
+    builder's log)."""
+    from tools.analysis.get_flops import main
+    capsys.readouterr()
+    main(argv)
+    out = capsys.readouterr().out
+    return out[out.rindex(start):] if start else out
+
+
+def test_get_flops_cli_shape_and_errors(capsys):
+    import re
+    square = get_flops_main([CLS_CONFIG, '--shape', '64'], capsys, CLS_CONFIG)
+    assert square.startswith(f'{CLS_CONFIG}  input 1x3x64x64, classifier')
+    assert square == get_flops_main([CLS_CONFIG, '--shape', '64', '64'], capsys, CLS_CONFIG)
+    out = get_flops_main([CLS_CONFIG, '--shape', '64', '96'], capsys, CLS_CONFIG)
+    assert out.startswith(f'{CLS_CONFIG}  input 1x3x64x96, classifier')
+    trainable = int(re.search(r'trainable parameters: +([\d,]+)', out).group(1).replace(',', ''))
+    paper = re.search(r'parameters with fixed filters: +([\d,]+) +\(paper; \+ ([\d,]+) filter',
+                      out)
+    filters = fixed_filters((1, 1, 1, 1), (64, 96))  # the demo arch: one block per stage
+    assert filters == 3 * (16 * 24 + 8 * 12 + 4 * 6 + 2 * 3)
+    assert int(paper.group(2).replace(',', '')) == filters
+    assert int(paper.group(1).replace(',', '')) == trainable + filters
+    assert f'+ {fixed_filters((1, 1, 1, 1), (64, 64)):,} filter values' in square
+    with pytest.raises(SystemExit) as excinfo:
+        get_flops_main([], capsys)
+    assert excinfo.value.code == 2
+    assert 'give a CONFIG or --all' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        get_flops_main([CLS_CONFIG, '--shape', '64', '64', '64'], capsys)
+    assert '--shape takes one or two integers' in capsys.readouterr().err
+
+
+@pytest.mark.slow  # builds and counts the five ImageNet variants
+def test_get_flops_all_table_matches_paper(capsys):
+    lines = get_flops_main(['--all'], capsys, '| variant |').strip().splitlines()
+    assert len(lines) == 7
+    assert lines[0] == (
+        '| variant | params (trainable, classifier) | params (backbone only) | params incl. fixed '
+        'filters (paper) | MACs (paper convention, 224x224) | MACs incl. lowrank spectral '
+        'mixing |')
+    assert lines[1] == '|---|---|---|---|---|---|'
+    for line, (name, spec) in zip(lines[2:], PAPER_VARIANTS.items()):
+        layers, dims, with_filters, params, backbone, macs = spec
+        cells = [cell.strip() for cell in line.strip('|').split('|')]
+        assert cells[:4] == [f'SPANet-{name}', f'{params:,}', f'{backbone:,}',
+                             f'{with_filters:,} ({with_filters / 1e6:.1f}M)'], line
+        assert cells[4] == f'{macs:.4f} G', line
+        total = float(cells[5].removesuffix(' G'))
+        assert abs(total - macs - lowrank_macs(layers, dims, (224, 224)) / 1e9) <= 1.01e-4, line
 
 
 @pytest.mark.slow

@@ -34,14 +34,14 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 VARIANTS = ('s', 'm', 'mx', 'b', 'bx')
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Parameters and MACs of a SPANet config.')
     parser.add_argument('config', nargs='?', help='config file (not needed with --all)')
     parser.add_argument('--shape', type=int, nargs='+', default=[224],
                         help='input size: S (square) or H W (default 224)')
     parser.add_argument('--all', action='store_true',
                         help='markdown table of configs/classification/spanet_{s,m,mx,b,bx}')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if len(args.shape) == 1:
         args.shape = args.shape * 2
     if len(args.shape) != 2:
@@ -166,8 +166,8 @@ def table(shape, config_dir: Optional[str] = None) -> str:
     return '\n'.join(lines)
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     if args.config:
         report(args.config, args.shape)
     if args.all:
