@@ -7,11 +7,13 @@ import math
 import os
 import os.path as osp
 import re
+import shutil
 import socket
 import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO_ROOT, run_python
 
 pytestmark = pytest.mark.slow  # the tools end to end, as subprocesses
@@ -135,12 +137,38 @@ def test_resume_auto(workspace):
                'train_cfg.val_interval=10', 'default_hooks.checkpoint.interval=1']
     check_ok(run([PYTHON, osp.join(TOOLS, 'train.py'), config, '--work-dir', str(work_dir),
                   '--cfg-options', 'train_cfg.max_epochs=1', *options], cwd=workspace))
+    first = workspace / 'cls_epoch_1.pth'  # kept: the next run rotates epoch_1.pth out
+    shutil.copy(work_dir / 'epoch_1.pth', first)
     result = run([PYTHON, osp.join(TOOLS, 'train.py'), config, '--work-dir', str(work_dir),
                   '--resume', '--cfg-options', 'train_cfg.max_epochs=2', *options],
                  cwd=workspace)
     check_ok(result)
     assert 'resumed epoch: 1' in (result.stdout + result.stderr)
     assert osp.isfile(work_dir / 'epoch_2.pth')
+    # --resume PATH: that checkpoint, into another work dir (where auto-resume finds nothing).
+    other = workspace / 'work_dirs' / 'cls_resume_from'
+    result = run([PYTHON, osp.join(TOOLS, 'train.py'), config, '--work-dir', str(other),
+                  '--resume', str(first), '--cfg-options',
+                  'train_cfg.max_epochs=2', *options], cwd=workspace)
+    check_ok(result)
+    assert 'resumed epoch: 1' in (result.stdout + result.stderr)
+    assert osp.isfile(other / 'epoch_2.pth') and not osp.exists(other / 'epoch_1.pth')
+
+
+def test_train_amp_on_cpu(workspace):
+    """--amp without CUDA: the run trains under CPUAmpOptimWrapper (the config the Runner
+    dumps into the work dir says which wrapper it built)."""
+    from mmengine.config import Config
+    config = osp.join(CONFIGS, DEMO['cls']['config'])
+    work_dir = workspace / 'work_dirs' / 'cls_amp'
+    check_ok(run([PYTHON, osp.join(TOOLS, 'train.py'), config, '--work-dir', str(work_dir),
+                  '--amp', '--cfg-options', 'train_cfg.max_epochs=1',
+                  'train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=4'],
+                 cwd=workspace))
+    dumped = Config.fromfile(str(work_dir / osp.basename(config)))
+    assert dumped.optim_wrapper.type == ('AmpOptimWrapper' if torch.cuda.is_available()
+                                         else 'CPUAmpOptimWrapper')
+    assert osp.isfile(work_dir / 'epoch_1.pth')
 
 
 def _free_port():
