@@ -1,6 +1,9 @@
 """The tools' options that change a config before the Runner is built, in-process: what
 upstream's tools/train.py and tools/test.py do with the same options, and clear refusals."""
+import argparse
+import importlib
 import os.path as osp
+import sys
 
 import pytest
 from mmengine.config import Config
@@ -13,6 +16,17 @@ CONFIGS = osp.join(REPO_ROOT, 'configs')
 DEMO_CLS = osp.join(CONFIGS, 'classification', 'demo', 'spanet_demo_cls.py')
 DEMO_DET = osp.join(CONFIGS, 'detection', 'demo', 'mask_rcnn_spanet_demo.py')
 RETINANET = osp.join(CONFIGS, 'detection', 'retinanet_spanet_s_1x.py')
+DEMO_SEG = osp.join(CONFIGS, 'segmentation', 'demo', 'fpn_spanet_demo.py')
+
+
+def upstream_test_tool(toolbox):
+    """The toolbox's own tools/test.py (shipped in its package's .mim folder) as a module."""
+    path = osp.join(osp.dirname(importlib.import_module(toolbox).__file__), '.mim', 'tools',
+                    'test.py')
+    spec = importlib.util.spec_from_file_location(f'upstream_{toolbox}_test_tool', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_work_dir_precedence():
@@ -70,3 +84,48 @@ def test_benchmark_ratios():
     assert benchmark.ratio(30., 10.) == 3.0
     assert benchmark.ratio(None, 1.) is None and benchmark.ratio(1., None) is None
     assert benchmark.fmt(None, '.2f') == '-' and benchmark.fmt(2.5, '.2f') == '2.50'
+
+
+def test_show_dir_and_out_as_upstreams_test_tools(tmp_path, monkeypatch):
+    """--show-dir and --out change the config as each toolbox's own tools/test.py does."""
+    ours = load_tool('tools/test.py')
+    show, out = str(tmp_path / 'show'), str(tmp_path / 'out')
+
+    # mmpretrain: merge_args() with the tool's own parser.
+    upstream = upstream_test_tool('mmpretrain')
+    monkeypatch.setattr(sys, 'argv', ['test.py', DEMO_CLS, 'c.pth', '--show-dir', show])
+    theirs = upstream.merge_args(Config.fromfile(DEMO_CLS), upstream.parse_args())
+    cfg = Config.fromfile(DEMO_CLS)
+    ours.SET_SHOW_DIR['mmpretrain'](cfg, show)
+    keys = ('type', 'enable', 'out_dir', 'interval')
+    assert {k: cfg.default_hooks.visualization[k] for k in keys} == \
+        {k: theirs.default_hooks.visualization[k] for k in keys}
+
+    # mmdet: trigger_visualization_hook(); --out must be a pickle, as upstream asserts.
+    from mmdet.engine.hooks.utils import trigger_visualization_hook
+    args = argparse.Namespace(show=False, show_dir=show, wait_time=2)
+    theirs = trigger_visualization_hook(Config.fromfile(DEMO_DET), args)
+    cfg = Config.fromfile(DEMO_DET)
+    ours.SET_SHOW_DIR['mmdet'](cfg, show)
+    assert cfg.default_hooks.visualization == theirs.default_hooks.visualization
+    with pytest.raises(ToolOptionError, match='--out must be a .pkl or .pickle file'):
+        ours.SET_OUT['mmdet'](cfg, out + '.json')
+
+    # mmseg: its tool's trigger_visualization_hook() and its --out (label maps kept in a folder).
+    upstream = upstream_test_tool('mmseg')
+    theirs = upstream.trigger_visualization_hook(Config.fromfile(DEMO_SEG), args)
+    theirs.test_evaluator['output_dir'] = out
+    theirs.test_evaluator['keep_results'] = True
+    cfg = Config.fromfile(DEMO_SEG)
+    ours.SET_SHOW_DIR['mmseg'](cfg, show)
+    ours.SET_OUT['mmseg'](cfg, out)
+    assert cfg.visualizer.save_dir == theirs.visualizer.save_dir == show
+    assert cfg.default_hooks.visualization.draw is theirs.default_hooks.visualization.draw
+    assert cfg.test_evaluator == theirs.test_evaluator
+
+
+def test_test_tool_refuses_a_missing_checkpoint_before_any_output(tmp_path):
+    tool = load_tool('tools/test.py')
+    with pytest.raises(ToolOptionError, match="Checkpoint .*nope.pth' not found"):
+        tool.main([DEMO_CLS, str(tmp_path / 'nope.pth'), '--work-dir', str(tmp_path / 'w')])
+    assert not (tmp_path / 'w').exists()
