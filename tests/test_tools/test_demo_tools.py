@@ -143,3 +143,24 @@ def test_converter_progress_and_non_finite_warning(official_fixture, tmp_path):
     total = len(torch.load(tmp_path / 'dst.pth', weights_only=True)['state_dict'])
     assert f'{total}/{total}' in result.stderr  # the progress bar reached the end
     assert "NaN or Inf values, e.g. ['head.fc.bias']" in result.stderr
+
+
+def test_image_demo_default_image_and_rerun_replaces_the_result(tmp_path):
+    """Without --img the demo paints matplotlib's photograph of Grace Hopper; a second run
+    into the same --out-dir replaces the config's folder (nothing of the first run is left,
+    nor a .tmp folder)."""
+    import shutil
+    tool = load_tool(IMAGE_DEMO)
+    out = tmp_path / 'demo'
+    result = out / 'spanet_demo_cls'
+    tool.main([DEMO_CLS, '--out-dir', str(out)])
+    assert json.loads((result / 'pred.json').read_text())['image'] == photo()
+    assert sorted(p.name for p in (result / 'vis').iterdir()) == ['grace_hopper.png']
+    (result / 'stale.txt').write_text('from the first run')
+    second = tmp_path / 'second.jpg'
+    shutil.copy(photo(), second)
+    tool.main([DEMO_CLS, '--img', str(second), '--out-dir', str(out)])
+    assert sorted(p.name for p in result.iterdir()) == ['pred.json', 'vis']
+    assert sorted(p.name for p in (result / 'vis').iterdir()) == ['second.png']
+    assert json.loads((result / 'pred.json').read_text())['image'] == str(second)
+    assert sorted(p.name for p in out.iterdir()) == ['spanet_demo_cls']  # no .tmp folder

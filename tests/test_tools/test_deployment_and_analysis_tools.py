@@ -10,11 +10,12 @@ import threading
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_python
+from conftest import REPO_ROOT, load_tool, run_python
 from spanet_mm.apis import init_model
 from spanet_mm.checkpoint import CheckpointMismatchError, CheckpointNotFoundError
 from spanet_mm.models import SPANet
 
+BENCHMARK = 'tools/analysis/benchmark.py'
 CLS_CONFIG = osp.join(REPO_ROOT, 'configs', 'classification', 'demo', 'spanet_demo_cls.py')
 # A whole Mask R-CNN of a tiny SPANet (out_indices 0-3); the backbone is exported.
 DET_CONFIG = osp.join(REPO_ROOT, 'configs', 'detection', 'demo', 'mask_rcnn_spanet_demo.py')
@@ -331,3 +332,80 @@ def test_benchmark_isolate_reports_a_worker_that_died():
     waiter.join(60)
     assert not waiter.is_alive(), 'the parent waits forever for a dead worker'
     assert 'benchmark worker of spanet-s exited with code -9' in outcome.get('error', ''), outcome
+
+
+def test_benchmark_compile_flag_adds_the_forward_compile_mode():
+    parse_args = load_tool(BENCHMARK).parse_args
+    assert parse_args(['--models', 'spanet-s']).modes == ['forward', 'train']
+    assert parse_args(['--models', 'spanet-s', '--compile']).modes == [
+        'forward', 'train', 'forward_compile']
+    assert parse_args(['--modes', 'forward', '--compile']).modes == ['forward', 'forward_compile']
+    assert parse_args(['--modes', 'forward_compile', 'forward', '--compile']).modes == [
+        'forward_compile', 'forward']  # listed already: not added twice
+
+
+def table_cells(lines):
+    """``{model: {column: cell}}`` of the tool's markdown table."""
+    header = [cell.strip() for cell in lines[0].strip('|').split('|')]
+    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines[2:]]
+    return {row[0]: dict(zip(header, row)) for row in rows}
+
+
+@pytest.mark.slow  # three real models, two modes, four rounds
+def test_benchmark_fft_ratios_and_peak_mib(tmp_path, monkeypatch, capsys):
+    """The table and JSON built from known step times and peak bytes: the real models and
+    steps run, only the two measurements (the clock around each step and the peak-memory
+    subprocess) give set values, so that the expected numbers follow from them. Throughput is
+    batch / median seconds, "vs fft" pairs spanet-s with spanet-s-fft (spanet-m has no fft
+    model: no ratio), and the peak is reported in MiB (bytes / 2**20)."""
+    tool = load_tool(BENCHMARK)
+    # Seconds per round: one warm-up (discarded), then three timed rounds (median: the middle).
+    seconds = {('spanet-s', 'forward'): [9.0, 0.5, 0.5, 7.0],
+               ('spanet-s', 'train'): [9.0, 1.0, 8.0, 1.0],
+               ('spanet-s-fft', 'forward'): [9.0, 2.0, 2.0, 2.0],
+               ('spanet-s-fft', 'train'): [9.0, 3.0, 3.0, 3.0],
+               ('spanet-m', 'forward'): [9.0, 0.25, 0.25, 0.25],
+               ('spanet-m', 'train'): [9.0, 1.0, 1.0, 1.0]}
+    rounds = {step: iter(times) for step, times in seconds.items()}
+    def timed(fn, device):
+        fn()  # the real step
+        return next(rounds[fn.__self__.name, fn.__name__]), 0
+
+    monkeypatch.setattr(tool, 'timed', timed)
+    mib = {('spanet-s', 'forward'): 300, ('spanet-s-fft', 'forward'): 600,
+           ('spanet-s', 'train'): 900, ('spanet-s-fft', 'train'): 450,
+           ('spanet-m', 'forward'): 200, ('spanet-m', 'train'): 500}
+    monkeypatch.setattr(tool, 'measure_in_subprocess',
+                        lambda name, mode, args: mib[name, mode] * 2**20)
+    out = tmp_path / 'bench.json'
+    tool.main(['--models', 'spanet-s', 'spanet-s-fft', 'spanet-m', '--modes', 'forward',
+               'train', '--batch', '2', '--size', '32', '--repeats', '3', '--warmup', '1',
+               '--json', str(out)])
+    assert all(next(it, None) is None for it in rounds.values())  # every round timed
+    data = json.loads(out.read_text())
+    results = data['results']
+    s, fft, m = results['spanet-s'], results['spanet-s-fft'], results['spanet-m']
+    assert s['forward_img_s'] == 2 / 0.5 and fft['forward_img_s'] == 2 / 2.0
+    assert s['train_img_s'] == 2 / 1.0 and fft['train_img_s'] == 2 / 3.0
+    assert s['forward_vs_fft'] == pytest.approx(4.0)  # (2 / 0.5) / (2 / 2.0)
+    assert s['train_vs_fft'] == pytest.approx(3.0)
+    assert m['forward_vs_fft'] is None and m['train_vs_fft'] is None
+    assert fft['forward_vs_fft'] is None
+    for (name, mode), value in mib.items():
+        assert results[name][f'{mode}_peak_MiB'] == value, (name, mode)
+    assert s['forward_peak_vs_fft'] == pytest.approx(0.5)
+    assert s['train_peak_vs_fft'] == pytest.approx(2.0)
+    assert m['forward_peak_vs_fft'] is None
+    table = table_cells(data['table'])
+    assert '\n'.join(data['table']) in capsys.readouterr().out  # the table printed
+    assert table['spanet-s']['forward img/s'] == '4.00'
+    assert table['spanet-s']['forward vs fft'] == '4.00x'
+    assert table['spanet-s']['train vs fft'] == '3.00x'
+    assert table['spanet-s']['forward peak MiB'] == '300'
+    assert table['spanet-s']['forward peak vs fft'] == '0.50x'
+    assert table['spanet-s']['train peak MiB'] == '900'
+    assert table['spanet-s-fft']['train peak MiB'] == '450'
+    assert table['spanet-m']['forward vs fft'] == '-'
+    assert table['spanet-m']['forward peak vs fft'] == '-'
+    assert table['spanet-m']['forward peak MiB'] == '200'
+    assert table['spanet-s-fft']['forward vs fft'] == '-'

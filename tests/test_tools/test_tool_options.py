@@ -83,6 +83,7 @@ def test_benchmark_ratios():
     benchmark = load_tool('tools/analysis/benchmark.py')
     assert benchmark.ratio(30., 10.) == 3.0
     assert benchmark.ratio(None, 1.) is None and benchmark.ratio(1., None) is None
+    assert benchmark.ratio(1., 0.) is None  # a zero throughput: no ratio, not an error
     assert benchmark.fmt(None, '.2f') == '-' and benchmark.fmt(2.5, '.2f') == '2.50'
 
 

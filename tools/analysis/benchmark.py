@@ -98,7 +98,7 @@ def build_model(name: str) -> torch.nn.Module:
     raise ValueError(f'Unknown model {name!r}; choose from {available_models()}.')
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Interleaved throughput / peak-memory benchmark of SPANet and baselines.')
     parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS,
@@ -130,7 +130,7 @@ def parse_args():
     parser.add_argument('--no-memory', action='store_true', help='skip the peak memory steps')
     parser.add_argument('--json', metavar='OUT', help='also write the results as JSON')
     parser.add_argument('--memory-worker', action='store_true', help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if len(args.size) == 1:
         args.size = args.size * 2
     if len(args.size) != 2:
@@ -361,8 +361,8 @@ def fmt(value, spec: str) -> str:
     return '-' if value is None else format(value, spec)
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     if args.memory_worker:
         return memory_worker(args)
     if args.threads:
