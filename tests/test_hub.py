@@ -112,6 +112,35 @@ def test_no_mmpretrain_no_hub_and_no_error(monkeypatch, recwarn):
     assert not [w for w in recwarn if 'spanet_mm' in str(w.message)]
 
 
+class _Broken:
+    """A meta path finder for which importing ``name`` fails with ``error`` (an installed
+    package whose import breaks: a missing dependency, mmpretrain's mmcv version assert)."""
+
+    def __init__(self, name, error):
+        self.name, self.error = name, error
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.name:
+            raise self.error
+        return None
+
+
+@pytest.mark.parametrize('name, error', [
+    ('mmpretrain.apis', ImportError('cannot import name X from a dependency')),
+    ('mmpretrain', AssertionError('MMCV==9.9 is used but incompatible')),
+], ids=['broken-dependency', 'version-assert'])
+def test_broken_mmpretrain_warns_and_skips_the_hub(monkeypatch, name, error):
+    """Installed but not importable: no hub, and a warning that names the reason (where a
+    missing mmpretrain stays silent, above)."""
+    for module in [n for n in sys.modules if n == 'mmpretrain' or n.startswith('mmpretrain.')]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setattr(sys, 'meta_path', [_Broken(name, error)] + sys.meta_path)
+    monkeypatch.setattr(spanet_mm.hub, '_registered', False)
+    with pytest.warns(UserWarning, match=f'mmpretrain.apis could not be imported.*'
+                      f'{type(error).__name__}: {error}'):
+        assert spanet_mm.hub.register_model_index() is None
+
+
 # ---------------------------------------------------------------------------------------------
 # The model pages' "How to use" code
 
