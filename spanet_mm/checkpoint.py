@@ -145,7 +145,7 @@ def _shape(value) -> Union[tuple, str]:
 class StateDictFit(NamedTuple):
     """How a state dict fits a model's (:func:`compare_state_dicts`); lists of keys."""
     fitting: List[str]  # in both, with the model's shape
-    mismatched: List[str]  # in both, with another shape (or not a tensor)
+    mismatched: List[str]  # in both, with another shape, or not a tensor in the state dict
     missing: List[str]  # the model's, absent from the state dict
     unexpected: List[str]  # the state dict's, absent from the model
 
@@ -161,7 +161,8 @@ def compare_state_dicts(own: dict, state_dict: dict, allowed_missing=()) -> Stat
     allowed = [re.compile(p) if isinstance(p, str) else p for p in allowed_missing]
     excused = lambda key: any(p.match(key) for p in allowed)  # noqa: E731
     shared = [k for k in own if k in state_dict]
-    fitting = [k for k in shared if getattr(state_dict[k], 'shape', None) == own[k].shape]
+    fitting = [k for k in shared
+               if torch.is_tensor(state_dict[k]) and state_dict[k].shape == own[k].shape]
     fits = set(fitting)
     return StateDictFit(
         fitting=fitting,

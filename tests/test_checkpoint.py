@@ -185,3 +185,27 @@ def test_runner_loads_a_backbone_without_its_output_norms(tmp_path):
     with pytest.raises(CheckpointMismatchError, match='1 missing'):
         dense_runner(tmp_path / 'run2').load_checkpoint(str(tmp_path / 'short.pth'))
 
+
+
+def test_compare_state_dicts_key_by_key_and_shape_by_shape():
+    from spanet_mm.checkpoint import compare_state_dicts
+    own = {'a.weight': torch.zeros(2, 3), 'a.bias': torch.zeros(2), 'norm1.weight': torch.zeros(4),
+           'b.weight': torch.zeros(5)}
+    loaded = {'a.weight': torch.ones(2, 3), 'a.bias': torch.ones(3),  # another shape
+              'b.weight': np.zeros(5, dtype=np.float32),  # right shape, but not a tensor
+              'extra.weight': torch.ones(1), 'norm7.weight': torch.ones(4)}
+    fit = compare_state_dicts(own, loaded)
+    assert fit.fitting == ['a.weight'] and fit.mismatched == ['a.bias', 'b.weight']
+    assert fit.missing == ['norm1.weight'] and fit.unexpected == ['extra.weight', 'norm7.weight']
+    excused = compare_state_dicts(own, loaded, allowed_missing=[r'norm\d+\.'])
+    assert excused.missing == [] and excused.unexpected == ['extra.weight']
+
+
+def test_model_state_dict_selects_a_prefix():
+    from spanet_mm.checkpoint import model_state_dict
+    saved = {'state_dict': {'module.backbone.x': torch.zeros(1), 'module.head.y': torch.zeros(1)}}
+    for prefix in ('backbone', 'backbone.'):
+        assert list(model_state_dict(saved, 'f.pth', prefix)) == ['x']
+    assert list(model_state_dict(saved, 'f.pth')) == ['backbone.x', 'head.y']
+    with pytest.raises(CheckpointMismatchError, match="f.pth has no key starting with 'neck.'"):
+        model_state_dict(saved, 'f.pth', 'neck')

@@ -169,4 +169,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    from spanet_mm.engine.launch import run_tool
+    run_tool(main)  # a UserError (e.g. a checkpoint that does not fit): one ERROR line

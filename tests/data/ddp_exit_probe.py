@@ -27,7 +27,8 @@ launches, fail = int(sys.argv[2]), 'fail' in sys.argv[3:]
 
 
 class Cfg(dict):
-    """The two config operations prepare_cpu_distributed needs (``get`` and attributes)."""
+    """The config operations prepare_cpu_distributed needs (``get``, ``setdefault`` and
+    attributes), on a plain dict."""
     __getattr__ = dict.get
 
     def __setattr__(self, key, value):

@@ -62,7 +62,8 @@ def det_cfg(**extra):
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU set-up: a no-op with CUDA')
 def test_prepare_cpu_distributed_refusals():
     cfg = Config(dict(find_unused_parameters=True))
-    assert not prepare_cpu_distributed(cfg, 'none') and 'model_wrapper_cfg' not in cfg
+    assert not prepare_cpu_distributed(cfg, 'none')
+    assert 'model_wrapper_cfg' not in cfg and 'env_cfg' not in cfg  # nothing to set up
     with pytest.raises(RuntimeError, match='--launcher pytorch'):
         prepare_cpu_distributed(cfg, 'slurm')
     with pytest.raises(RuntimeError, match=r"\['RANK', 'WORLD_SIZE'"):
@@ -80,6 +81,7 @@ def test_prepare_cpu_distributed(launcher_env):
     assert dist.is_initialized() and dist.get_backend() == 'gloo'
     assert cfg.model_wrapper_cfg == dict(type='MMDistributedDataParallel', device_ids=None,
                                          broadcast_buffers=False, find_unused_parameters=True)
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'  # what the dumped config records
     assert cfg.model.neck.norm_cfg == dict(type='BN', requires_grad=True)
     assert cfg.model.roi_head.mask_head[0].norm_cfg.type == 'BN'
     once = cfg.to_dict()

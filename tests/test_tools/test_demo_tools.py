@@ -113,7 +113,7 @@ def test_image_demo_refuses_a_checkpoint_of_another_model(config, tmp_path):
     with pytest.raises(CheckpointMismatchError, match='resnet.pth does not fit the model'):
         load_tool(IMAGE_DEMO).main([config, '--checkpoints', str(tmp_path / 'resnet.pth'),
                                     '--out-dir', str(tmp_path / 'd')])
-    assert not list((tmp_path / 'd').glob('*/pred.json'))  # nothing written
+    assert not (tmp_path / 'd').exists() or not any((tmp_path / 'd').iterdir())  # nothing
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 upstream's tools/train.py and tools/test.py do with the same options, and clear refusals."""
 import argparse
 import importlib
+import importlib.util
 import os.path as osp
 import sys
 
@@ -112,7 +113,8 @@ def test_show_dir_and_out_as_upstreams_test_tools(tmp_path, monkeypatch):
     with pytest.raises(ToolOptionError, match='--out must be a .pkl or .pickle file'):
         ours.SET_OUT['mmdet'](cfg, out + '.json')
 
-    # mmseg: its tool's trigger_visualization_hook() and its --out (label maps kept in a folder).
+    # mmseg: its tool's trigger_visualization_hook(); its --out is two lines of its main(),
+    # copied here (output_dir and keep_results on the test evaluator).
     upstream = upstream_test_tool('mmseg')
     theirs = upstream.trigger_visualization_hook(Config.fromfile(DEMO_SEG), args)
     theirs.test_evaluator['output_dir'] = out

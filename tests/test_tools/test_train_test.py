@@ -156,8 +156,8 @@ def test_resume_auto(workspace):
 
 
 def test_train_amp_on_cpu(workspace):
-    """--amp without CUDA: the run trains under CPUAmpOptimWrapper (the config the Runner
-    dumps into the work dir says which wrapper it built)."""
+    """--amp without CUDA: the run's config has CPUAmpOptimWrapper (the config the Runner
+    dumps into the work dir, which it built its optimizer wrapper from) and the epoch ends."""
     from mmengine.config import Config
     config = osp.join(CONFIGS, DEMO['cls']['config'])
     work_dir = workspace / 'work_dirs' / 'cls_amp'

@@ -59,7 +59,7 @@ def build_model(config: str, checkpoint: str, device: str):
     from spanet_mm.apis import init_model, spanet_backbone
 
     cfg = Config.fromfile(config)
-    if checkpoint == 'none':  # random weights on purpose, not the Pretrained file
+    if checkpoint == 'none' and cfg.model.get('backbone'):  # random weights, not Pretrained
         cfg.merge_from_dict({'model.backbone.init_cfg': None})
     # A missing, unsafe or unfitting checkpoint, or another backbone, raises a UserError: one
     # ERROR line (run_tool).
