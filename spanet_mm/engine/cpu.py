@@ -12,6 +12,7 @@ workarounds. Each is explicit (a named call or a config type) and idempotent.
 - **mmcv's float32-only CPU ops** under CPU autocast: :func:`run_mmcv_cpu_ops_in_float32`,
   which the wrapper calls.
 """
+import datetime
 import functools
 import importlib
 import logging
@@ -37,7 +38,8 @@ def prepare_cpu_distributed(cfg, launcher: str) -> bool:
     them) and, unless the config has its own ``model_wrapper_cfg``, wraps the model in
     ``MMDistributedDataParallel`` without ``device_ids`` (the config's
     ``find_unused_parameters`` is kept). PyTorch's SyncBatchNorm refuses CPU tensors, so
-    ``SyncBN`` layers of the config become ``BN``, and ``env_cfg.dist_cfg.backend`` is
+    ``SyncBN`` layers of the config become ``BN``. The group uses ``env_cfg.dist_cfg``'s
+    ``timeout`` (seconds) if the config sets one, and ``env_cfg.dist_cfg.backend`` becomes
     ``'gloo'``. Idempotent. Returns whether it did anything.
     """
     if launcher == 'none' or torch.cuda.is_available():
@@ -46,16 +48,21 @@ def prepare_cpu_distributed(cfg, launcher: str) -> bool:
         raise RuntimeError(
             f'--launcher {launcher} without CUDA is not supported; use --launcher pytorch '
             '(tools/dist_train.sh) for CPU processes with the gloo backend.')
-    if not torch_dist.is_initialized():
-        missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
-                   if k not in os.environ]
-        if missing:
-            raise RuntimeError(f'--launcher pytorch needs the environment variables {missing}; '
-                               'start the job with tools/dist_train.sh (torchrun).')
-        torch_dist.init_process_group(backend='gloo')
-    # What the Runner would initialise if the group were not there yet.
+    missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+               if k not in os.environ]
+    if missing and not torch_dist.is_initialized():
+        raise RuntimeError(f'--launcher pytorch needs the environment variables {missing}; '
+                           'start the job with tools/dist_train.sh (torchrun).')
+    # The Runner initialises no group when there is one: the config's dist_cfg is applied here
+    # (its timeout in seconds, as mmengine's init_dist reads it), and records the backend.
     env_cfg = cfg.setdefault('env_cfg', ConfigDict())
-    env_cfg.setdefault('dist_cfg', ConfigDict())['backend'] = 'gloo'
+    dist_cfg = env_cfg.setdefault('dist_cfg', ConfigDict())
+    dist_cfg['backend'] = 'gloo'
+    if not torch_dist.is_initialized():
+        timeout = dist_cfg.get('timeout')
+        torch_dist.init_process_group(
+            backend='gloo',
+            **({} if timeout is None else dict(timeout=datetime.timedelta(seconds=timeout))))
     if _sync_bn_to_bn(cfg.get('model')):
         print_log('CPU distributed run: PyTorch has no SyncBatchNorm on CPUs, so SyncBN layers '
                   'are built as BN (statistics per process).', logger='current', level=30)

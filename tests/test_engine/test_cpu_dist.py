@@ -89,6 +89,19 @@ def test_prepare_cpu_distributed(launcher_env):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU set-up: a no-op with CUDA')
+def test_prepare_cpu_distributed_applies_the_configs_timeout(launcher_env):
+    """env_cfg.dist_cfg.timeout (seconds, as mmengine's init_dist reads it) reaches the group:
+    the Runner does not initialise one itself when the group is already there."""
+    import datetime
+    cfg = det_cfg(env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=1234)))
+    assert prepare_cpu_distributed(cfg, 'pytorch')
+    group = dist.distributed_c10d._get_default_group()
+    assert group._get_backend(torch.device('cpu')).options._timeout == \
+        datetime.timedelta(seconds=1234)
+    assert cfg.env_cfg.dist_cfg == dict(backend='gloo', timeout=1234)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU set-up: a no-op with CUDA')
 def test_prepare_cpu_distributed_keeps_the_configs_own_wrapper(launcher_env):
     own = dict(type='MMSeparateDistributedDataParallel', broadcast_buffers=True)
     cfg = det_cfg(model_wrapper_cfg=own)
