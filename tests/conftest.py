@@ -16,12 +16,13 @@ FIXTURE_PATH = osp.join(SHARED_DIR, 'fixtures', 'spanet_official_tiny.pth')
 
 
 def load_tool(path: str):
-    """A tool of the repository (a path from its root, or absolute) as a module, to call its
-    ``main()`` in-process: faster than a subprocess where the process boundary is not what is
-    tested. Each call executes the file afresh."""
+    """A tool (a path from the repository's root, or absolute: also a toolbox's own tools) as
+    a module, to call its functions or ``main()`` in-process: faster than a subprocess where
+    the process boundary is not what is tested. Each call executes the file afresh."""
     import importlib.util
+    import re
     path = osp.join(REPO_ROOT, path)
-    name = 'spanet_tool_' + osp.splitext(osp.relpath(path, REPO_ROOT))[0].replace(os.sep, '_')
+    name = 'spanet_tool_' + re.sub(r'\W', '_', osp.splitext(osp.relpath(path, REPO_ROOT))[0])
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

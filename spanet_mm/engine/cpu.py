@@ -59,10 +59,10 @@ def prepare_cpu_distributed(cfg, launcher: str) -> bool:
     dist_cfg = env_cfg.setdefault('dist_cfg', ConfigDict())
     dist_cfg['backend'] = 'gloo'
     if not torch_dist.is_initialized():
-        timeout = dist_cfg.get('timeout')
-        torch_dist.init_process_group(
+        seconds = dist_cfg.get('timeout')
+        torch_dist.init_process_group(  # timeout None: torch's default
             backend='gloo',
-            **({} if timeout is None else dict(timeout=datetime.timedelta(seconds=timeout))))
+            timeout=None if seconds is None else datetime.timedelta(seconds=seconds))
     if _sync_bn_to_bn(cfg.get('model')):
         print_log('CPU distributed run: PyTorch has no SyncBatchNorm on CPUs, so SyncBN layers '
                   'are built as BN (statistics per process).', logger='current', level=30)

@@ -2,7 +2,6 @@
 upstream's tools/train.py and tools/test.py do with the same options, and clear refusals."""
 import argparse
 import importlib
-import importlib.util
 import os.path as osp
 import sys
 
@@ -22,12 +21,8 @@ DEMO_SEG = osp.join(CONFIGS, 'segmentation', 'demo', 'fpn_spanet_demo.py')
 
 def upstream_test_tool(toolbox):
     """The toolbox's own tools/test.py (shipped in its package's .mim folder) as a module."""
-    path = osp.join(osp.dirname(importlib.import_module(toolbox).__file__), '.mim', 'tools',
-                    'test.py')
-    spec = importlib.util.spec_from_file_location(f'upstream_{toolbox}_test_tool', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool(osp.join(osp.dirname(importlib.import_module(toolbox).__file__), '.mim',
+                              'tools', 'test.py'))
 
 
 def test_work_dir_precedence():
