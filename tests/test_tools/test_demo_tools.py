@@ -117,6 +117,17 @@ def test_image_demo_refuses_a_checkpoint_of_another_model(config, tmp_path):
 
 
 @pytest.mark.slow
+def test_image_demo_refusal_as_a_process_is_one_error_line(tmp_path):
+    torch.save(dict(state_dict={'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}),
+               tmp_path / 'resnet.pth')
+    result = run_tool(IMAGE_DEMO, DEMO_CLS, '--checkpoints', tmp_path / 'resnet.pth',
+                      '--out-dir', tmp_path / 'd')
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f'ERROR: {tmp_path / "resnet.pth"} does not fit the model'), result.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_image_demo_predicts_with_the_checkpoint(tmp_path):
     """A classifier whose head favours one class: the demo's prediction is that class."""
     from spanet_mm.apis import init_model
