@@ -209,6 +209,12 @@ class SPANet(BaseModule):
         embed_dims = self.arch['embed_dims']
         self.num_stages = len(layers)
         self.embed_dims = list(embed_dims)
+        assert isinstance(in_channels, int) and in_channels > 0, \
+            f'in_channels must be a positive int, but got {in_channels!r}.'
+        # Each block drops its branch with a rate growing from 0 to this one: a rate of 1 or
+        # more zeroes the last blocks' branches (and DropPath divides by 1 - rate).
+        assert isinstance(drop_path_rate, (int, float)) and 0 <= drop_path_rate < 1, \
+            f'drop_path_rate must be a number in [0, 1), but got {drop_path_rate!r}.'
         self.in_channels = in_channels
         self.out_indices = self._parse_out_indices(out_indices, self.num_stages)
         assert isinstance(frozen_stages, int) and -1 <= frozen_stages <= self.num_stages, \
@@ -290,6 +296,11 @@ class SPANet(BaseModule):
             f'The arch "embed_dims" must be positive ints, but got {parsed["embed_dims"]}.'
         assert all(isinstance(r, int) and r >= 0 for r in parsed['radius']), \
             f'The arch "radius" must be non-negative ints, but got {parsed["radius"]}.'
+        assert all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0
+                   for r in parsed['mlp_ratios']) and all(
+                       int(c * r) > 0 for c, r in zip(parsed['embed_dims'], parsed['mlp_ratios'])), \
+            'The arch "mlp_ratios" must be positive numbers that leave each MLP at least one ' \
+            f'hidden channel, but got {parsed["mlp_ratios"]}.'
         return parsed
 
     @staticmethod
@@ -310,9 +321,16 @@ class SPANet(BaseModule):
         return tuple(sorted(parsed))
 
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 4:
+        if not torch.is_tensor(x):
+            raise TypeError(f'SPANet expects a torch.Tensor, but got {type(x).__name__}.')
+        if not x.is_floating_point():
+            raise TypeError(
+                f'SPANet expects a floating-point input, but got {x.dtype}: convert images '
+                'with .float() (the toolboxes\' data preprocessors do).')
+        if x.dim() != 4 or x.shape[0] == 0:
             raise ValueError(
-                f'SPANet expects a 4-D (N, C, H, W) input, but got shape {tuple(x.shape)}.')
+                f'SPANet expects a non-empty 4-D (N, C, H, W) batch, but got shape '
+                f'{tuple(x.shape)}.')
         if x.shape[1] != self.in_channels:
             raise ValueError(
                 f'SPANet was built with in_channels={self.in_channels}, but the input has '

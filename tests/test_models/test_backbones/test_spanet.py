@@ -1,4 +1,5 @@
 """SPANet backbone: arch validation, outputs, freezing, input checks, statelessness."""
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -121,6 +122,27 @@ def test_bad_frozen_stages(frozen_stages):
         build(frozen_stages=frozen_stages)
 
 
+@pytest.mark.parametrize('rate', [1.0, 1.5, -0.1, '0.1', None])
+def test_bad_drop_path_rate(rate):
+    # A rate of 1 made the last block's DropPath divide by 0 (NaN loss in training).
+    with pytest.raises(AssertionError, match='drop_path_rate'):
+        build(drop_path_rate=rate)
+
+
+@pytest.mark.parametrize('mlp_ratios', [[0, 4, 4, 4], [4, -1, 4, 4], '4444', [0.1, 4, 4, 4],
+                                        [True, 4, 4, 4]])
+def test_bad_mlp_ratios(mlp_ratios):
+    # 0.1 leaves int(8 * 0.1) = 0 hidden channels at stage 0 of the tiny arch.
+    with pytest.raises(AssertionError, match='mlp_ratios'):
+        build(arch=dict(TINY, mlp_ratios=mlp_ratios))
+
+
+@pytest.mark.parametrize('in_channels', [0, -3, '3', 3.0])
+def test_bad_in_channels(in_channels):
+    with pytest.raises(AssertionError, match='in_channels'):
+        build(in_channels=in_channels)
+
+
 def _trainable(module):
     return [p.requires_grad for p in module.parameters()]
 
@@ -174,6 +196,20 @@ def test_norm_eval_keeps_batchnorm_in_eval():
 def test_bad_input(shape, message):
     with pytest.raises(ValueError, match=message):
         build()(torch.rand(*shape))
+
+
+def test_empty_batch_is_refused():
+    with pytest.raises(ValueError, match='non-empty 4-D'):
+        build()(torch.rand(0, 3, 64, 64))
+
+
+@pytest.mark.parametrize('image', [
+    torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8),
+    torch.zeros(1, 3, 64, 64, dtype=torch.int64),
+    np.zeros((1, 3, 64, 64), dtype=np.float32)])
+def test_non_float_input_is_refused(image):
+    with pytest.raises(TypeError, match='torch.Tensor|floating-point'):
+        build()(image)
 
 
 @pytest.mark.parametrize('size', [(32, 32), (33, 47), (37, 37), (64, 96), (95, 127)])
