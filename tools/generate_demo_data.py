@@ -14,6 +14,11 @@ uses the real dataset classes, pipelines and metrics:
   ``meta/{train,val}.txt``; 4 classes by shape (circle, square, triangle, cross).
 
 Usage: ``python tools/generate_demo_data.py [--out data/demo] [--seed 0]``
+
+Each set's folder gets a marker file (``.spanet_mm_demo_data``). A re-run replaces only folders
+that hold it; any other ``<out>/{coco,ade,imagenet}`` (a real dataset, a symlink to one) is left
+untouched and the tool stops with an error (``--out data`` would otherwise be the real configs'
+data roots).
 """
 import argparse
 import json
@@ -23,6 +28,43 @@ import shutil
 
 import cv2
 import numpy as np
+
+# Written first into each set's folder: only folders holding it are ever removed by a re-run.
+MARKER = '.spanet_mm_demo_data'
+
+
+def refuse_foreign_folders(out):
+    """Stops (before anything is removed or written) if any ``out/<set>`` exists and is not an
+    earlier run's output: a real dataset there would be deleted, and through a symlink (as
+    docs/datasets.md suggests for ``data/coco``) the demo files would be written into it."""
+    for sub in ('coco', 'ade', 'imagenet'):
+        path = osp.join(out, sub)
+        if not osp.lexists(path):
+            continue
+        if osp.islink(path) or not osp.isdir(path):
+            what = 'a symbolic link' if osp.islink(path) else 'not a folder'
+        elif not osp.isfile(osp.join(path, MARKER)):
+            what = f'a folder without the {MARKER} marker this tool writes'
+        else:
+            continue
+        # SystemExit, not spanet_mm's UserError + run_tool: that would import torch and the
+        # toolboxes into a tool of a second; the message is still one ERROR line, exit 1.
+        raise SystemExit(
+            f'ERROR: {path} exists and is {what}, so it is not demo data from this tool (it may '
+            'be a real dataset); nothing was changed. Pass another --out (the default is '
+            'data/demo), or remove it yourself if it is an old demo set (`make clean` removes '
+            'data/demo).')
+
+
+def make_set_folder(path):
+    """``path`` created afresh with the marker in it (an earlier run's output removed)."""
+    if osp.lexists(path):  # a marked folder of an earlier run (refuse_foreign_folders)
+        shutil.rmtree(path)
+    os.makedirs(path)
+    with open(osp.join(path, MARKER), 'w') as f:
+        f.write('Synthetic demo data written by tools/generate_demo_data.py; a re-run of it '
+                'deletes and rewrites this folder.\n')
+
 
 # --- COCO instance set ------------------------------------------------------------------------
 COCO_CATEGORIES = [dict(id=1, name='circle'), dict(id=2, name='square')]
@@ -184,8 +226,9 @@ def main(argv=None):
     parser.add_argument('--out', default='data/demo', help='output folder')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
+    refuse_foreign_folders(args.out)  # all three checked before any is touched
     for sub in ('coco', 'ade', 'imagenet'):
-        shutil.rmtree(osp.join(args.out, sub), ignore_errors=True)
+        make_set_folder(osp.join(args.out, sub))
     rng = np.random.RandomState(args.seed)
     n_train, a_train = _coco_split(rng, osp.join(args.out, 'coco'), 'train', 64)
     n_val, a_val = _coco_split(rng, osp.join(args.out, 'coco'), 'val', 16)

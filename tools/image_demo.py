@@ -11,6 +11,10 @@ Each config is run by the inferencer of its ``default_scope``: mmpretrain's
 The painted result is saved as ``DIR/<config name>/vis/<image name>`` and the prediction as
 ``DIR/<config name>/pred.json`` (top class, box count or class-pixel histogram; mmseg also
 writes the label map to ``pred/``).
+A config's folder is replaced on a re-run only if it holds nothing but this tool's outputs
+(``pred.json``, ``vis/``, ``pred/``); any other folder there (e.g. ``tools/train.py``'s work dir
+``work_dirs/<config name>``, with its checkpoints) is refused, as are two configs whose folders
+would be the same.
 ``--checkpoints`` gives one checkpoint per config (``none``: random weights, which exercises
 the code path only). A config's ``Pretrained`` backbone init is not used: the checkpoint holds
 the whole model. ``--img`` defaults to matplotlib's sample photograph of Grace Hopper.
@@ -33,6 +37,10 @@ from mmengine.runner.checkpoint import _load_checkpoint
 
 import spanet_mm  # noqa: F401  registers SPANet, loads Runner checkpoints safely
 from spanet_mm.checkpoint import check_state_dict
+from spanet_mm.engine.launch import ToolOptionError
+
+# What this tool writes into a config's folder: the only entries a re-run may delete.
+OWN_OUTPUTS = {'pred.json': osp.isfile, 'vis': osp.isdir, 'pred': osp.isdir}
 
 
 def default_image() -> str:
@@ -127,6 +135,27 @@ def segment(cfg, checkpoint, img, out_dir, device, score_thr):
     return dict(class_pixels={int(k): int(v) for k, v in zip(labels, counts)})
 
 
+def refuse_foreign_folder(path: str) -> None:
+    """A folder of this tool's outputs (or nothing) at ``path`` may be replaced; anything else
+    is refused: ``--out-dir work_dirs`` would otherwise delete ``tools/train.py``'s default work
+    dir ``work_dirs/<config name>``, checkpoints and all."""
+    if not osp.lexists(path):
+        return
+    if osp.islink(path) or not osp.isdir(path):
+        what = 'is a symbolic link' if osp.islink(path) else 'is not a folder'
+    else:
+        foreign = sorted(name for name in os.listdir(path)
+                         if name not in OWN_OUTPUTS or osp.islink(osp.join(path, name))
+                         or not OWN_OUTPUTS[name](osp.join(path, name)))
+        if not foreign:
+            return
+        what = (f'holds more than the outputs of an earlier image_demo run (pred.json, vis/, '
+                f'pred/): {foreign[:5]}; it may be a training work dir')
+    raise ToolOptionError(
+        f'{path} exists and {what}; replacing it would delete it, so it is left as it is. Pass '
+        'another --out-dir (default work_dirs/image_demo), or move that folder away.')
+
+
 TASKS = {'mmpretrain': classify, 'mmdet': detect, 'mmseg': segment}
 
 
@@ -140,9 +169,19 @@ def main(argv=None):
     if not osp.isfile(img):
         raise SystemExit(f'error: image {img} not found.')
     jobs = []
+    out_dirs = {}  # real path of each config's output folder -> config
     for config, checkpoint in zip(args.configs, checkpoints):  # check everything first
         if not osp.isfile(config):
             raise SystemExit(f'error: config {config} not found.')
+        out_dir = osp.join(args.out_dir, osp.splitext(osp.basename(config))[0])
+        if osp.realpath(out_dir) in out_dirs:  # the second result would replace the first
+            raise ToolOptionError(
+                f'{out_dirs[osp.realpath(out_dir)]} and {config} would both write to {out_dir} '
+                '(the folder is named after the config file), the second result replacing the '
+                'first: run them in separate calls with different --out-dir.')
+        out_dirs[osp.realpath(out_dir)] = config
+        refuse_foreign_folder(out_dir)
+        refuse_foreign_folder(out_dir + '.tmp')  # removed below, as an interrupted run's
         checkpoint = None if checkpoint.lower() == 'none' else checkpoint
         if checkpoint is not None and not osp.isfile(checkpoint):
             raise SystemExit(f'error: checkpoint {checkpoint} not found.')
@@ -150,9 +189,8 @@ def main(argv=None):
         scope = cfg.get('default_scope')
         if scope not in TASKS:
             raise SystemExit(f'error: {config}: default_scope {scope!r} is none of {list(TASKS)}.')
-        jobs.append((config, cfg, checkpoint, scope))
-    for config, cfg, checkpoint, scope in jobs:
-        out_dir = osp.join(args.out_dir, osp.splitext(osp.basename(config))[0])
+        jobs.append((config, cfg, checkpoint, scope, out_dir))
+    for config, cfg, checkpoint, scope, out_dir in jobs:
         tmp_dir = out_dir + '.tmp'
         shutil.rmtree(tmp_dir, ignore_errors=True)
         os.makedirs(osp.join(tmp_dir, 'vis'))
@@ -161,6 +199,7 @@ def main(argv=None):
             with open(osp.join(tmp_dir, 'pred.json'), 'w') as f:
                 json.dump(dict(config=config, checkpoint=checkpoint, image=img, **summary), f,
                           indent=1)
+            refuse_foreign_folder(out_dir)  # again: the folder may have been made meanwhile
             shutil.rmtree(out_dir, ignore_errors=True)
             os.replace(tmp_dir, out_dir)  # no half-written result folder
         finally:

@@ -1,4 +1,5 @@
-"""Analysis and demo tools: plot_spectral_response.py, image_demo.py, the converter's progress."""
+"""Analysis and demo tools: plot_spectral_response.py, image_demo.py, the converter's progress
+and its refusal to write over its source."""
 import json
 import os
 import os.path as osp
@@ -77,6 +78,8 @@ def test_image_demo_runs_the_three_inferencers(tmp_path):
         assert vis.is_file() and png_is_non_trivial(vis), name
         pred = json.loads((out / name / 'pred.json').read_text())
         assert pred['checkpoint'] is None
+        # only what a re-run may replace (tools/image_demo.py refuses folders with more)
+        assert {p.name for p in (out / name).iterdir()} <= {'pred.json', 'vis', 'pred'}, name
     assert json.loads((out / 'spanet_demo_cls' / 'pred.json').read_text())['pred_class'] in (
         'circle', 'square', 'triangle', 'cross')
     assert not list(out.glob('*.tmp'))
@@ -91,6 +94,59 @@ def test_image_demo_checks_arguments_before_writing(tmp_path):
         tool.main([DEMO_CLS, '--checkpoints', str(tmp_path / 'missing.pth'),
                    '--out-dir', str(tmp_path / 'd')])
     assert not (tmp_path / 'd').exists()
+
+
+def no_inference(*args, **kwargs):
+    raise AssertionError('a model was built although the arguments were to be refused')
+
+
+@pytest.mark.parametrize('kind', ['work_dir', 'symlink'])
+def test_image_demo_leaves_a_work_dir_alone(kind, tmp_path):
+    """``--out-dir work_dirs`` names tools/train.py's default work dirs (work_dirs/<config
+    name>): a folder there with more than image_demo's outputs is refused, not replaced."""
+    tool = load_tool(IMAGE_DEMO)
+    tool.TASKS = dict.fromkeys(tool.TASKS, no_inference)
+    work_dir = tmp_path / 'work_dirs' / 'spanet_demo_cls'
+    target = work_dir if kind == 'work_dir' else tmp_path / 'elsewhere'
+    target.mkdir(parents=True)
+    (target / 'epoch_1.pth').write_bytes(b'trained weights')
+    (target / 'vis').mkdir()  # a name image_demo writes too: the checkpoint still counts
+    if kind == 'symlink':
+        work_dir.parent.mkdir()
+        work_dir.symlink_to(target)
+    from spanet_mm.engine.launch import ToolOptionError
+    with pytest.raises(ToolOptionError, match=f'{work_dir} exists and .*--out-dir'):
+        tool.main([DEMO_CLS, '--out-dir', str(tmp_path / 'work_dirs')])
+    assert (target / 'epoch_1.pth').read_bytes() == b'trained weights'
+    assert sorted(p.name for p in (tmp_path / 'work_dirs').iterdir()) == ['spanet_demo_cls']
+
+
+def test_image_demo_refuses_two_configs_with_one_output_folder(tmp_path):
+    """The same config twice (e.g. with two checkpoints) would write to one folder, the second
+    result replacing the first: refused before any model is built."""
+    from spanet_mm.engine.launch import ToolOptionError
+    tool = load_tool(IMAGE_DEMO)
+    tool.TASKS = dict.fromkeys(tool.TASKS, no_inference)
+    with pytest.raises(ToolOptionError, match=r'would both write to .*spanet_demo_cls \(the '
+                       'folder is named after the config file\), the second result replacing'):
+        tool.main([DEMO_CLS, DEMO_CLS, '--checkpoints', 'none', 'none',
+                   '--out-dir', str(tmp_path / 'd')])
+    assert not (tmp_path / 'd').exists()
+
+
+def test_converter_refuses_to_write_over_its_source(official_fixture, tmp_path):
+    """SRC == DST (also through a symlinked folder) would replace the official file (its fp16
+    weights and filters) by the converted one: refused before the file is read."""
+    converter = load_tool('tools/model_converters/spanet_official_to_mm.py')
+    src = tmp_path / 'spanet.pth'
+    torch.save(dict(official_fixture['classification']['state_dict']), src)
+    original = src.read_bytes()
+    (tmp_path / 'link').symlink_to(tmp_path)
+    for dst in (src, tmp_path / 'link' / 'spanet.pth'):
+        with pytest.raises(SystemExit, match=f'error: the output {dst} is the source file'):
+            converter.main([str(src), str(dst)])
+        assert src.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['link', 'spanet.pth']
 
 
 def test_plot_spectral_response_refuses_another_backbone(tmp_path):
@@ -158,8 +214,8 @@ def test_converter_progress_and_non_finite_warning(official_fixture, tmp_path):
 
 def test_image_demo_default_image_and_rerun_replaces_the_result(tmp_path):
     """Without --img the demo paints matplotlib's photograph of Grace Hopper; a second run
-    into the same --out-dir replaces the config's folder (nothing of the first run is left,
-    nor a .tmp folder)."""
+    into the same --out-dir replaces the config's folder of the first run's outputs (nothing of
+    them is left, nor a .tmp folder)."""
     import shutil
     tool = load_tool(IMAGE_DEMO)
     out = tmp_path / 'demo'
@@ -167,7 +223,7 @@ def test_image_demo_default_image_and_rerun_replaces_the_result(tmp_path):
     tool.main([DEMO_CLS, '--out-dir', str(out)])
     assert json.loads((result / 'pred.json').read_text())['image'] == photo()
     assert sorted(p.name for p in (result / 'vis').iterdir()) == ['grace_hopper.png']
-    (result / 'stale.txt').write_text('from the first run')
+    (result / 'vis' / 'stale.png').write_text('from the first run')
     second = tmp_path / 'second.jpg'
     shutil.copy(photo(), second)
     tool.main([DEMO_CLS, '--img', str(second), '--out-dir', str(out)])

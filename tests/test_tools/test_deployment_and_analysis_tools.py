@@ -125,6 +125,24 @@ def test_export_rejects_wrong_checkpoint(tmp_path):
     assert not out.exists()
 
 
+def test_export_refuses_to_write_over_its_input(tmp_path):
+    """OUTPUT == CHECKPOINT (or the config, also through a symlink) would replace it with the
+    ONNX file: one ERROR line, before the model is built, and both files left as they were."""
+    from tools.deployment.pytorch2onnx import main
+    ckpt = random_checkpoint(tmp_path, CLS_CONFIG, 'cls.pth')
+    original = open(ckpt, 'rb').read()
+    (tmp_path / 'config_link.py').symlink_to(CLS_CONFIG)
+    for output, name, src in ((ckpt, 'checkpoint', ckpt),
+                              (str(tmp_path / 'config_link.py'), 'config', CLS_CONFIG)):
+        with pytest.raises(SystemExit) as excinfo:
+            main([CLS_CONFIG, ckpt, output, '--shape', '64', '64'])
+        message = str(excinfo.value.code)
+        assert message.startswith(f'ERROR: the output {output} is the {name} {src}'), message
+    assert open(ckpt, 'rb').read() == original
+    assert (tmp_path / 'config_link.py').is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['cls.pth', 'config_link.py']
+
+
 def test_get_flops_matches_paper():
     from tools.analysis.get_flops import build, count
     model, backbone, is_classifier = build(

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, run_python
+from conftest import REPO_ROOT, generate_demo_data, load_tool, run_python
 
 pytestmark = pytest.mark.slow  # the tools end to end, as subprocesses
 
@@ -96,6 +96,40 @@ def test_generate_demo_data_is_deterministic(workspace, tmp_path):
     assert {c['name'] for c in coco['categories']} == {'circle', 'square'}
     assert {a['category_id'] for a in coco['annotations']} == {1, 2}
     assert all(len(a['segmentation'][0]) >= 8 and a['bbox'][2] > 0 for a in coco['annotations'])
+
+
+@pytest.mark.parametrize('kind', ['folder', 'symlink'])
+def test_generate_demo_data_leaves_a_real_dataset_alone(kind, tmp_path):
+    """``--out data`` names the real configs' data roots: a dataset there (a folder, or a
+    symlink to one as docs/datasets.md suggests) is neither deleted nor written into; the tool
+    stops with one error naming it. (In-process: the process boundary is not what is tested.)"""
+    real = tmp_path / 'datasets' / 'coco'
+    (real / 'annotations').mkdir(parents=True)
+    (real / 'annotations' / 'instances_train2017.json').write_text('{"real": true}')
+    out = tmp_path / 'data'
+    out.mkdir()
+    if kind == 'folder':
+        real = real.rename(out / 'coco')
+    else:
+        (out / 'coco').symlink_to(real)
+    with pytest.raises(SystemExit) as excinfo:
+        load_tool('tools/generate_demo_data.py').main(['--out', str(out)])
+    message = str(excinfo.value.code)
+    assert message.startswith(f'ERROR: {out / "coco"} exists and is ') and '--out' in message
+    assert sorted(p.name for p in real.rglob('*')) == ['annotations', 'instances_train2017.json']
+    assert (real / 'annotations' / 'instances_train2017.json').read_text() == '{"real": true}'
+    assert sorted(p.name for p in out.iterdir()) == ['coco']  # no ade/ imagenet/ either
+
+
+def test_generate_demo_data_replaces_its_own_output(tmp_path):
+    """A re-run (``make demo`` again) replaces the sets it wrote, recognised by their marker."""
+    generate_demo_data(tmp_path)
+    for sub in ('coco', 'ade', 'imagenet'):
+        assert (tmp_path / sub / '.spanet_mm_demo_data').is_file(), sub
+    (tmp_path / 'coco' / 'train2017' / 'stale.jpg').write_text('from the first run')
+    generate_demo_data(tmp_path)
+    assert not (tmp_path / 'coco' / 'train2017' / 'stale.jpg').exists()
+    assert (tmp_path / 'coco' / '.spanet_mm_demo_data').is_file()
 
 
 @pytest.mark.parametrize('task', ['det', 'seg', 'cls'])

@@ -112,7 +112,21 @@ def verify(path: str, model: nn.Module, inputs: Sequence[torch.Tensor], atol: fl
     return worst
 
 
+def refuse_output_over_input(args) -> None:
+    """The output path must not be the checkpoint or the config (also through a symlink or hard
+    link): the ONNX file, renamed into place, would replace it."""
+    from spanet_mm.engine.launch import ToolOptionError
+    for name in ('checkpoint', 'config'):
+        src = getattr(args, name)
+        if osp.realpath(args.output) == osp.realpath(src) or (
+                osp.exists(args.output) and osp.exists(src) and osp.samefile(args.output, src)):
+            raise ToolOptionError(
+                f'the output {args.output} is the {name} {src}; the ONNX file would replace '
+                'it. Give another output path (an .onnx file).')
+
+
 def export(args) -> float:
+    refuse_output_over_input(args)  # before anything is read or written
     model, output_names = build_model(args.config, args.checkpoint)
     height, width = args.shape
     torch.manual_seed(0)

@@ -68,6 +68,12 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.src):
         sys.exit(f'error: {args.src} does not exist.')
+    # DST == SRC (also through a symlink or hard link) would replace the official file, whose
+    # fp16 weights and spectral filters the conversion drops: refused before anything is read.
+    if osp.realpath(args.dst) == osp.realpath(args.src) or (
+            osp.exists(args.dst) and osp.samefile(args.dst, args.src)):
+        sys.exit(f'error: the output {args.dst} is the source file {args.src}; converting into '
+                 'it would replace the official checkpoint. Give another output path.')
     try:
         # Official files hold only tensors and plain containers: never unpickle anything else.
         checkpoint = torch.load(args.src, map_location='cpu', weights_only=True)
