@@ -5,15 +5,19 @@ run starts (``tools/train.py`` / ``tools/test.py``, through :func:`.launch.check
 - :func:`check_datasets`: dataset paths (data roots, annotation files, image folders, the
   evaluators' annotation files) that do not exist, with the expected layout of the task.
 - :func:`check_dataset_formats`: annotation files that exist but are malformed (a COCO json
-  without ``images``/``annotations``/``categories``, an ADE20K folder whose images have no
-  label maps, an ImageNet list file with bad lines).
+  without ``images``/``annotations``/``categories``, without annotations, or with annotations
+  of images or categories it does not list; an ADE20K folder whose images have no label maps;
+  an ImageNet list file that is empty, has bad lines or labels outside the dataset's classes).
 
 Each raises an error whose message names the problem and the fix.
 """
 import json
 import os
 import os.path as osp
-from typing import Iterable, Iterator, List, Optional
+from operator import itemgetter
+from typing import Iterable, Iterator, List, Optional, Tuple
+
+from mmengine.fileio import list_from_file
 
 from ..errors import UserError
 
@@ -131,8 +135,13 @@ COCO_FIELDS = {
 
 
 def check_coco_file(path: str, classes: Optional[Iterable[str]] = None,
-                    with_mask: bool = False) -> None:
-    """A COCO instances json: the three lists, their fields, and the config's classes."""
+                    with_mask: bool = False, need_annotations: bool = True) -> None:
+    """A COCO instances json: the three lists, their fields, the ids the annotations refer to,
+    and the config's classes.
+
+    ``need_annotations=False`` is for a set whose predictions are only written (an evaluator
+    with ``format_only=True``, e.g. test-dev's ``image_info`` file): it may have no annotations.
+    """
     fix = ('Fix the file or use the official COCO annotations '
            '(annotations/instances_{train,val}2017.json); see docs/datasets.md.')
     try:
@@ -144,6 +153,8 @@ def check_coco_file(path: str, classes: Optional[Iterable[str]] = None,
         raise DatasetFormatError(
             f'{path} holds a {type(data).__name__}, not a COCO dict with "images", '
             f'"annotations" and "categories". {fix}')
+    if not need_annotations and 'annotations' not in data:
+        data['annotations'] = []
     missing = [k for k in COCO_FIELDS if not isinstance(data.get(k), list)]
     if missing:
         raise DatasetFormatError(
@@ -152,14 +163,39 @@ def check_coco_file(path: str, classes: Optional[Iterable[str]] = None,
     fields = {k: v + (('segmentation', ) if with_mask and k == 'annotations' else ())
               for k, v in COCO_FIELDS.items()}
     for section, required in fields.items():
+        required_set = set(required)
         for index, item in enumerate(data[section]):
+            if isinstance(item, dict) and required_set <= item.keys():
+                continue
             lacking = [f for f in required if not isinstance(item, dict) or f not in item]
-            if lacking:
-                raise DatasetFormatError(
-                    f'{path}: {section}[{index}] lacks {lacking} (every entry of "{section}" '
-                    f'needs {list(required)}). {fix}')
+            raise DatasetFormatError(
+                f'{path}: {section}[{index}] lacks {lacking} (every entry of "{section}" '
+                f'needs {list(required)}). {fix}')
     if not data['images']:
         raise DatasetFormatError(f'{path} lists no images. {fix}')
+    annotations = data['annotations']
+    if not annotations and need_annotations:
+        raise DatasetFormatError(
+            f'{path} has no annotations ("annotations" is empty): training on it fails with '
+            '"need at least one array to concatenate" (mmdet drops the images without '
+            'annotations), and an evaluation has no ground truth (every mAP is -1). Use the '
+            'annotated file, or set `format_only=True` in the test evaluator to only write the '
+            'predictions.')
+    for key, section in (('image_id', 'images'), ('category_id', 'categories')):
+        try:
+            unknown = set(map(itemgetter(key), annotations)) - {i['id'] for i in data[section]}
+        except TypeError as err:  # an unhashable id (a list, a dict)
+            raise DatasetFormatError(
+                f'{path}: "{section}" ids and the annotations\' {key}s must be integers '
+                f'({err}). {fix}') from err
+        if unknown:
+            count = sum(1 for a in annotations if a[key] in unknown)
+            example = next(a for a in annotations if a[key] in unknown)
+            raise DatasetFormatError(
+                f'{path}: {count} of {len(annotations)} annotations have a {key} that is not '
+                f'among the ids of "{section}" (e.g. annotation {example["id"]!r} has {key} '
+                f'{example[key]!r}); mmdet would drop them silently. Add the missing '
+                f'{section} or remove those annotations. {fix}')
     if classes is not None:
         names = {c['name'] for c in data['categories']}
         absent = [c for c in classes if c not in names]
@@ -193,22 +229,103 @@ def check_ade20k_folder(img_dir: str, ann_dir: str, img_suffix: str = '.jpg',
             'annotations of ADEChallengeData2016 next to the images; see docs/datasets.md.')
 
 
-def check_image_list(path: str) -> None:
-    """An ImageNet/CustomDataset list file: ``<relative path> <int label>`` per line."""
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
-                raise DatasetFormatError(
-                    f'{path}, line {number}: {line.strip()!r} is not "<relative image path> '
-                    '<integer label>". Fix the list file (ImageNet meta/train.txt layout).')
+def _integer(text: str) -> Optional[int]:
+    try:
+        return int(text)  # as mmpretrain's CustomDataset reads the label
+    except ValueError:
+        return None
+
+
+def check_image_list(path: str, num_classes: Optional[int] = None, with_label: bool = True,
+                     classes_from: str = '') -> None:
+    """An ImageNet/CustomDataset list file, read as mmpretrain reads it: one sample a line,
+    ``<relative path> <label>`` (the label after the last space) with a label in
+    ``0 .. num_classes - 1`` (``num_classes``: the dataset's classes, if known; ``classes_from``
+    says where they come from), or only ``<relative path>`` for ``with_label=False``."""
+    layout = ('Fix the list file (ImageNet meta/train.txt layout: "<relative image path> '
+              '<integer label>" per line, one space before the label).')
+    number = 0
+    try:
+        with open(path, encoding='utf-8') as f:
+            for number, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    raise DatasetFormatError(
+                        f'{path}, line {number} is empty: mmpretrain reads every line as a sample '
+                        'and fails on it. Remove the empty line(s).')
+                if not with_label:
+                    continue
+                image, _, label = line.rpartition(' ')
+                label = _integer(label) if image and image == image.rstrip() else None
+                if label is None:
+                    raise DatasetFormatError(
+                        f'{path}, line {number}: {line!r} is not "<relative image path> '
+                        f'<integer label>". {layout}')
+                if label < 0 or (num_classes is not None and label >= num_classes):
+                    source = f', {classes_from}' if classes_from else ''
+                    allowed = ('0 or more' if num_classes is None else
+                               f'0 .. {num_classes - 1} ({num_classes} classes{source})')
+                    raise DatasetFormatError(
+                        f'{path}, line {number}: label {label} is outside the allowed range '
+                        f'{allowed}. Labels are 0-based indices into the dataset\'s '
+                        'classes: fix the list file, or set `metainfo=dict(classes=[...])` in the '
+                        'dataset config to the classes the labels index.')
+    except UnicodeDecodeError as err:
+        raise DatasetFormatError(f'{path} is not UTF-8 text ({err}). {layout}') from err
+    if not number:
+        raise DatasetFormatError(f'{path} lists no images (the file is empty). {layout}')
+
+
+#: mmpretrain datasets that read ``<data_root>/meta/<split>.txt`` when ``ann_file`` is empty.
+SPLIT_LIST_DATASETS = ('ImageNet', 'ImageNet21k')
+
+
+def _mmpretrain_class(dataset: dict) -> Optional[type]:
+    """The dataset class a mmpretrain dataset config builds, if the registry knows it."""
+    kind = dataset.get('type')
+    if isinstance(kind, type):
+        return kind
+    if not isinstance(kind, str):
+        return None
+    from mmpretrain.registry import DATASETS
+    return DATASETS.get(kind)
+
+
+def _class_count(dataset: dict, dataset_class: Optional[type]) -> Tuple[Optional[int], str]:
+    """How many classes a mmpretrain dataset will have, resolved as its BaseDataset does it
+    (``metainfo['classes']``, then the old ``classes`` argument, then the class's METAINFO, then
+    ``metainfo['categories']``), and where they come from; ``(None, '')`` if not known."""
+    metainfo = dataset.get('metainfo') or {}
+    for value, source, read in (
+            (metainfo.get('classes'), "the config's metainfo.classes", list_from_file),
+            (dataset.get('classes'), "the dataset's `classes`",
+             lambda p: list_from_file(osp.expanduser(p)))):
+        if isinstance(value, str):  # a file of class names, one a line
+            try:
+                value = read(value)
+            except (OSError, TypeError, ValueError):
+                return None, ''  # the dataset reports it (or takes the string as is)
+        if value is not None:
+            return len(value), source
+    default = (getattr(dataset_class, 'METAINFO', None) or {}).get('classes')
+    if default:
+        return len(default), (f'those of {dataset_class.__name__}, as the config sets no '
+                              'metainfo.classes')
+    if isinstance(metainfo.get('categories'), (list, tuple)):
+        return len(metainfo['categories']), "the config's metainfo.categories"
+    return None, ''
+
+
+def _format_only(evaluator) -> bool:
+    """Whether the evaluators only write predictions (CocoMetric's format_only)."""
+    evaluators = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
+    dicts = [e for e in evaluators if isinstance(e, dict)]
+    return bool(dicts) and all(e.get('format_only') for e in dicts)
 
 
 def check_dataset_formats(cfg, scope: str, phases: List[str]) -> None:
     """Format checks of every dataset the given phases will read (after path checks)."""
-    for _, dataset in _active_datasets(cfg, phases):
+    for phase, dataset in _active_datasets(cfg, phases):
         root = dataset.get('data_root') or ''
         ann_file = dataset.get('ann_file')
         ann_path = _join(root, ann_file) if ann_file else None
@@ -220,7 +337,9 @@ def check_dataset_formats(cfg, scope: str, phases: List[str]) -> None:
             classes = (dataset.get('metainfo') or {}).get('classes')
             with_mask = any(t.get('with_mask') for t in dataset.get('pipeline') or []
                             if isinstance(t, dict))
-            check_coco_file(ann_path, classes, with_mask)
+            # predictions that are only written need no ground truth (test-dev)
+            need_annotations = phase == 'train' or not _format_only(cfg.get(f'{phase}_evaluator'))
+            check_coco_file(ann_path, classes, with_mask, need_annotations)
         elif scope == 'mmseg' and not ann_file:
             prefix = dataset.get('data_prefix') or {}
             img = prefix.get('img_path', 'images/training')
@@ -228,5 +347,17 @@ def check_dataset_formats(cfg, scope: str, phases: List[str]) -> None:
             check_ade20k_folder(_join(root, img), _join(root, seg),
                                 dataset.get('img_suffix', '.jpg'),
                                 dataset.get('seg_map_suffix', '.png'))
-        elif scope == 'mmpretrain' and ann_path and ann_path.endswith('.txt'):
-            check_image_list(ann_path)
+        elif scope == 'mmpretrain':
+            dataset_class = _mmpretrain_class(dataset)
+            reads_split = dataset_class is not None and any(
+                c.__name__ in SPLIT_LIST_DATASETS for c in dataset_class.__mro__)
+            split = dataset.get('split') if reads_split else None
+            if not ann_file and split and _is_local(root):
+                ann_path = _join(root, osp.join('meta', f'{split}.txt'))
+                if not osp.isfile(ann_path):
+                    continue  # ImageNet scans the split's folder instead
+            if ann_path and ann_path.endswith('.txt'):
+                # ImageNet(split='test') reads paths only, as does with_label=False
+                with_label = dataset.get('with_label', True) and split != 'test'
+                num_classes, classes_from = _class_count(dataset, dataset_class)
+                check_image_list(ann_path, num_classes, with_label, classes_from)

@@ -299,6 +299,126 @@ def test_malformed_image_list(tmp_path):
         check_image_list(str(tmp_path / 'train.txt'))
 
 
+@pytest.mark.parametrize('label', [4, -1])
+def test_image_list_label_outside_the_classes(tmp_path, label):
+    """A label that is no class index: test silently scores it wrong, train fails deep inside."""
+    path = tmp_path / 'train.txt'
+    path.write_text(f'a/1.JPEG 0\nb/2.JPEG 3\nc/3.JPEG {label}\nd/4.JPEG 1\n')
+    if label >= 0:
+        check_image_list(str(path), num_classes=label + 1)  # enough classes: fine
+    with pytest.raises(DatasetFormatError) as error:
+        check_image_list(str(path), num_classes=4)
+    assert f'{path}, line 3: label {label} is outside the allowed range 0 .. 3' in str(error.value)
+
+
+def test_image_list_labels_through_the_config(demo, tmp_path):
+    """The configs' ImageNet(split=...) lists (meta/<split>.txt) are checked against the
+    classes of metainfo, and against ImageNet's own (1000) without metainfo."""
+    from mmpretrain.datasets import ImageNet
+    cfg = Config.fromfile(DEMO_CLS)
+    classes = cfg.train_dataloader.dataset.metainfo.classes
+    for phase in ('train', 'val'):
+        cfg[f'{phase}_dataloader'].dataset.data_root = str(demo[0] / 'data' / 'imagenet')
+    check_dataset_formats(cfg, 'mmpretrain', ['train', 'val'])  # the generated set is fine
+    meta = tmp_path / 'meta'
+    meta.mkdir()
+    (meta / 'train.txt').write_text(''.join(f'train/{c}/0.JPEG {i}\n'
+                                            for i, c in enumerate(classes)))
+    (meta / 'val.txt').write_text(f'val/0.JPEG 0\nval/1.JPEG {len(classes)}\n')
+    for phase in ('train', 'val'):
+        cfg[f'{phase}_dataloader'].dataset.data_root = str(tmp_path)
+    check_dataset_formats(cfg, 'mmpretrain', ['train'])
+    with pytest.raises(DatasetFormatError) as error:
+        check_dataset_formats(cfg, 'mmpretrain', ['train', 'val'])
+    assert (f'{meta / "val.txt"}, line 2: label {len(classes)} is outside the allowed range '
+            f'0 .. {len(classes) - 1}') in str(error.value)
+    # Without metainfo the dataset has ImageNet's classes.
+    cfg.val_dataloader.dataset.pop('metainfo')
+    check_dataset_formats(cfg, 'mmpretrain', ['val'])
+    num_classes = len(ImageNet.METAINFO['classes'])
+    (meta / 'val.txt').write_text(f'val/0.JPEG {num_classes - 1}\nval/1.JPEG {num_classes}\n')
+    with pytest.raises(DatasetFormatError) as error:
+        check_dataset_formats(cfg, 'mmpretrain', ['val'])
+    assert (f'line 2: label {num_classes} is outside the allowed range 0 .. {num_classes - 1}'
+            in str(error.value))
+
+
+@pytest.mark.parametrize('text, message', [
+    ('a/1.JPEG 0\n\nc/3.JPEG 1\n', 'line 2 is empty'),
+    ('a/1.JPEG 0\nc/3.JPEG 1\n\n', 'line 3 is empty'),
+    ('a/1.JPEG 0\nb/2.JPEG\t1\n', r"line 2: 'b/2.JPEG\t1' is not"),
+    ('a/1.JPEG 0\nb/2.JPEG  1\n', "line 2: 'b/2.JPEG  1' is not"),
+], ids=['empty line', 'empty last line', 'tab', 'two spaces'])
+def test_image_list_lines_mmpretrain_cannot_read(tmp_path, text, message):
+    """mmpretrain splits a line at its last space and fails on an empty one."""
+    path = tmp_path / 'train.txt'
+    path.write_text(text)
+    with pytest.raises(DatasetFormatError) as error:
+        check_image_list(str(path))
+    assert f'{path}, {message}' in str(error.value)
+
+
+def test_empty_image_list(tmp_path):
+    """No samples: mmengine fails with 'need at least one array to concatenate'."""
+    path = tmp_path / 'val.txt'
+    path.write_text('')
+    with pytest.raises(DatasetFormatError) as error:
+        check_image_list(str(path))
+    assert f'{path} lists no images' in str(error.value)
+
+
+def test_image_list_without_labels(tmp_path):
+    """ImageNet(split='test') reads paths only: they pass, an empty list does not."""
+    meta = tmp_path / 'meta'
+    meta.mkdir()
+    (meta / 'test.txt').write_text('test/1.JPEG\ntest/2.JPEG\n')
+    cfg = Config(dict(test_cfg=dict(), test_dataloader=dict(
+        dataset=dict(type='ImageNet', data_root=str(tmp_path), split='test'))))
+    check_dataset_formats(cfg, 'mmpretrain', ['test'])
+    (meta / 'test.txt').write_text('')
+    with pytest.raises(DatasetFormatError) as error:
+        check_dataset_formats(cfg, 'mmpretrain', ['test'])
+    assert f'{meta / "test.txt"} lists no images' in str(error.value)
+
+
+@pytest.mark.parametrize('key, section', [('category_id', 'categories'), ('image_id', 'images')])
+def test_coco_annotations_of_unlisted_categories_or_images(coco, key, section):
+    """mmdet drops such annotations silently (a lower mAP, no error)."""
+    tmp_path, data = coco
+    data['annotations'] = [dict(data['annotations'][0], id=i) for i in range(1, 6)]
+    unlisted = max(item['id'] for item in data[section]) + 6
+    for ann in data['annotations'][1:3]:
+        ann[key] = unlisted
+    (tmp_path / 'bad.json').write_text(json.dumps(data))
+    with pytest.raises(DatasetFormatError) as error:
+        check_coco_file(str(tmp_path / 'bad.json'))
+    assert (f'bad.json: 2 of 5 annotations have a {key} that is not among the ids of "{section}" '
+            f'(e.g. annotation 2 has {key} {unlisted})') in str(error.value)
+
+
+def test_coco_without_annotations(coco):
+    """Training on it fails deep in mmengine and evaluating it gives mAP -1; only writing
+    predictions (format_only, test-dev's image_info file without "annotations") needs none."""
+    tmp_path, data = coco
+    data['annotations'] = []
+    path = tmp_path / 'empty.json'
+    path.write_text(json.dumps(data))
+    dataset = dict(type='CocoDataset', ann_file=str(path))
+    cfg = Config(dict(train_dataloader=dict(dataset=dataset),
+                      val_dataloader=dict(dataset=dict(dataset, test_mode=True)), val_cfg=dict(),
+                      val_evaluator=dict(type='CocoMetric', ann_file=str(path))))
+    for phase in ('train', 'val'):
+        with pytest.raises(DatasetFormatError, match='empty.json has no annotations'):
+            check_dataset_formats(cfg, 'mmdet', [phase])
+    cfg.val_evaluator.format_only = True
+    check_dataset_formats(cfg, 'mmdet', ['val'])
+    del data['annotations']
+    path.write_text(json.dumps(data))
+    check_dataset_formats(cfg, 'mmdet', ['val'])
+    with pytest.raises(DatasetFormatError, match=r"non-list key\(s\) \['annotations'\]"):
+        check_dataset_formats(cfg, 'mmdet', ['train'])
+
+
 # --- unknown config keys --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_unknown_backbone_key_names_the_key(demo, tmp_path):
