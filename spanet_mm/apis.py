@@ -9,12 +9,13 @@ from mmengine.registry import MODELS, DefaultScope
 from mmengine.runner.checkpoint import _load_checkpoint
 
 from .checkpoint import check_state_dict
+from .engine.launch import check_cfg_options
 from .errors import UserError
 
 
 def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
                device: str = 'cpu', cfg_options: Optional[dict] = None,
-               strict: bool = False) -> nn.Module:
+               strict: bool = True) -> nn.Module:
     """Builds the classifier, detector or segmentor of ``config`` in eval mode.
 
     What ``mmpretrain.apis.init_model``, ``mmdet.apis.init_detector`` and
@@ -32,16 +33,19 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
         config (str | Config): Config file or object (not modified).
         checkpoint (str, optional): Checkpoint path. Defaults to None.
         device (str): Device to put the model on. Defaults to 'cpu'.
-        cfg_options (dict, optional): Overrides, as ``--cfg-options``. Defaults to None.
+        cfg_options (dict, optional): Overrides, as ``--cfg-options`` (a top-level key that
+            neither the config nor the Runner has is refused). Defaults to None.
         strict (bool): Refuse a checkpoint that misses any tensor of the model, not only a
-            backbone tensor (an exported model must not keep initial weights anywhere).
-            Defaults to False: necks and heads may start new, with a warning.
+            backbone tensor: a model for inference or export must not keep initial weights
+            anywhere (a missing head would predict at random). Defaults to True; False lets
+            necks and heads start new, with a warning.
 
     Returns:
         nn.Module: The model, in eval mode, with the merged config as ``model.cfg``.
     """
     cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
     if cfg_options:
+        check_cfg_options(cfg, cfg_options)
         cfg.merge_from_dict(cfg_options)
     model_cfg = cfg.model.copy()
     model_cfg.pop('pretrained', None)  # mmseg's legacy key; init_cfg says it all

@@ -181,7 +181,8 @@ def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
     see :func:`model_state_dict`). Raises :class:`CheckpointMismatchError` when a tensor
     under ``strict_prefixes`` is missing (unless ``allowed_missing`` matches it), has another
     shape or has no counterpart in the model, or when no tensor fits at all; other misfits are
-    logged as a warning.
+    logged as a warning. Raises :class:`CheckpointLoadError` when a tensor that fits holds NaN
+    or inf.
 
     Returns:
         dict: The checked state dict (:func:`model_state_dict`), the one to load.
@@ -192,17 +193,28 @@ def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
     fitting, missing, unexpected = fit.fitting, fit.missing, fit.unexpected
     mismatched = [f'{k}: checkpoint {_shape(state_dict[k])} vs model {_shape(own[k])}'
                   for k in fit.mismatched]
+    if not fitting:  # the keys are the model's, every shape another: no prefix is spared
+        strict_prefixes = ('', )
     strict = lambda keys: [k for k in keys if k.startswith(strict_prefixes)]  # noqa: E731
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     arch = meta.get('arch') if isinstance(meta, dict) else None
     held = f' (it was saved for SPANet arch {arch})' if arch else ''
     example = sorted(state_dict)[:3]
-    if not fitting:
+    if not fitting and not fit.mismatched:
         official = any(k.startswith(('network.', 'patch_embed.')) for k in state_dict)
-        hint = ('It looks like an official SPANet file: convert it first with\n'
-                f'  python {CONVERTER} SRC DST') if official else (
-            'It is not a checkpoint of this model (not spanet_mm SPANet). Use a checkpoint '
-            f'trained with this config, or convert official SPANet files with {CONVERTER}')
+        nested = sorted({k.split('.', 1)[0] for k in state_dict
+                         if '.' in k and k.split('.', 1)[1] in own})
+        if official:
+            hint = ('It looks like an official SPANet file: convert it first with\n'
+                    f'  python {CONVERTER} SRC DST')
+        elif nested:
+            hint = (f'Its keys under {nested[0]!r} are the model\'s: load that part with '
+                    f'prefix={nested[0]!r} (e.g. init_cfg=dict(type=\'Pretrained\', '
+                    f'checkpoint=..., prefix={nested[0]!r}))')
+        else:
+            hint = ('It is not a checkpoint of this model (not spanet_mm SPANet). Use a '
+                    'checkpoint trained with this config, or convert official SPANet files '
+                    f'with {CONVERTER}')
         raise CheckpointMismatchError(
             f'{name} does not fit the model at all: none of its {len(state_dict)} tensors '
             f'(e.g. {example}) matches the model\'s {len(own)} tensors (e.g. '
@@ -220,4 +232,16 @@ def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
         print_log(f'{name}: {len(mismatched)} tensor(s) of other shape {mismatched[:3]} and '
                   f'{len(missing)} missing {missing[:3]} outside {list(strict_prefixes)}; '
                   'they keep their initial values.', logger='current', level=30)
+    _refuse_non_finite(state_dict, fitting, name)
     return state_dict
+
+
+def _refuse_non_finite(state_dict: dict, keys: List[str], name: str) -> None:
+    """A NaN or inf weight would load and quietly turn every output into NaN: refused."""
+    bad = [k for k in keys
+           if state_dict[k].is_floating_point() and not torch.isfinite(state_dict[k]).all()]
+    if bad:
+        raise CheckpointLoadError(
+            f'{name} holds NaN or inf values in {len(bad)} tensor(s) (e.g. {bad[:3]}): the '
+            'run that saved it diverged or the file is damaged. Use an earlier checkpoint of '
+            'that run.')

@@ -77,6 +77,27 @@ def test_init_model_refuses_a_backbone_tensor_of_another_shape(tmp_path):
         init_model(config, str(tmp_path / 'wide.pth'))
 
 
+def test_init_model_needs_the_head_unless_told_otherwise(tmp_path):
+    """A model for inference with a random head would predict at random: a backbone-only file
+    is refused by default and loads, with the head left as initialised, under strict=False."""
+    config = osp.join(REPO_ROOT, 'configs', DEMOS['mmpretrain'])
+    state = {k: torch.randn_like(v) for k, v in init_model(config).state_dict().items()
+             if k.startswith('backbone.')}
+    torch.save(dict(state_dict=state), tmp_path / 'backbone.pth')
+    with pytest.raises(CheckpointMismatchError, match=r"2 missing tensor\(s\) \['head.fc"):
+        init_model(config, str(tmp_path / 'backbone.pth'))
+    loaded = init_model(config, str(tmp_path / 'backbone.pth'), strict=False)
+    key = sorted(state)[0]
+    torch.testing.assert_close(loaded.state_dict()[key], state[key], rtol=0, atol=0)
+
+
+def test_init_model_refuses_cfg_options_that_nothing_reads():
+    from spanet_mm.engine.launch import ConfigKeyError
+    config = osp.join(REPO_ROOT, 'configs', DEMOS['mmpretrain'])
+    with pytest.raises(ConfigKeyError, match="Did you mean 'model'"):
+        init_model(config, cfg_options={'modle.backbone.arch': 'm'})
+
+
 def test_spanet_tools_refuse_another_backbone(tmp_path):
     """The analysis and export tools name a config whose backbone is not SPANet."""
     from spanet_mm.apis import NotSPANetError, spanet_backbone

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 import spanet_mm  # noqa: F401  installs the loader
 from conftest import FileCreatingPayload
-from spanet_mm.checkpoint import (CheckpointLoadError, CheckpointMismatchError,
+from spanet_mm.checkpoint import (CheckpointLoadError, CheckpointMismatchError, check_state_dict,
                                  load_local_checkpoint)
 
 
@@ -158,33 +158,80 @@ class _Dense(BaseModel):
                                          out_indices=(0, 1, 2, 3), init_cfg=None)
 
     def forward(self, inputs, data_samples=None, mode='tensor'):
-        return self.backbone(inputs)
+        outs = self.backbone(inputs)
+        return dict(loss=sum(out.mean() for out in outs)) if mode == 'loss' else outs
 
 
-def dense_runner(work_dir):
+class _Images(Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return dict(inputs=torch.rand(3, 32, 32))
+
+
+def dense_runner(work_dir, **kwargs):
     return Runner(model=_Dense(), work_dir=str(work_dir),
-                  custom_hooks=[dict(type='CheckpointCheckHook')])
+                  custom_hooks=[dict(type='CheckpointCheckHook')], **kwargs)
 
 
-def test_runner_loads_a_backbone_without_its_output_norms(tmp_path):
+def fine_tuning_runner(work_dir, load_from):
+    """``Runner.train()`` from ``load_from`` for one step at lr 0 (the weights stay)."""
+    return dense_runner(
+        work_dir, load_from=load_from, train_cfg=dict(by_epoch=False, max_iters=1),
+        train_dataloader=dict(dataset=_Images(), sampler=dict(type='DefaultSampler'),
+                              batch_size=2, collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.0)),
+        default_hooks=dict(checkpoint=None, logger=None))
+
+
+def test_fine_tuning_loads_a_backbone_without_its_output_norms(tmp_path):
     """The official dense backbone starts every output norm new (weight 1, bias 0): a file
-    without them loads, and they keep their identity init."""
+    without them loads for fine-tuning, and they keep their identity init."""
     state = {k: torch.randn_like(v) for k, v in _Dense().state_dict().items()
              if not k.startswith('backbone.norm')}
     torch.save(dict(state_dict=state), tmp_path / 'stages.pth')
-    runner = dense_runner(tmp_path / 'run')
-    runner.load_checkpoint(str(tmp_path / 'stages.pth'))
+    runner = fine_tuning_runner(tmp_path / 'run', str(tmp_path / 'stages.pth'))
+    runner.train()
     loaded = runner.model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     for i in range(4):
         assert torch.equal(loaded[f'backbone.norm{i}.weight'], torch.ones(8 * (i + 1)))
         assert torch.equal(loaded[f'backbone.norm{i}.bias'], torch.zeros(8 * (i + 1)))
-    # A missing stage tensor is refused all the same.
+    # Evaluating it (Runner.test()/val() load without building a train loop) would run the
+    # norms untrained: refused, naming them.
+    with pytest.raises(CheckpointMismatchError, match=r"8 missing tensor\(s\) \['backbone.norm0"):
+        dense_runner(tmp_path / 'eval').load_checkpoint(str(tmp_path / 'stages.pth'))
+    # A missing stage tensor is refused for fine-tuning all the same.
     del state['backbone.stages.1.0.mlp.fc1.weight']
     torch.save(dict(state_dict=state), tmp_path / 'short.pth')
     with pytest.raises(CheckpointMismatchError, match='1 missing'):
-        dense_runner(tmp_path / 'run2').load_checkpoint(str(tmp_path / 'short.pth'))
+        fine_tuning_runner(tmp_path / 'run2', str(tmp_path / 'short.pth')).train()
 
+
+def test_non_finite_weights_are_refused(tmp_path):
+    state = {k: torch.randn_like(v) for k, v in _Dense().state_dict().items()}
+    state['backbone.stages.2.0.mlp.fc2.weight'][0, 0] = float('nan')
+    state['backbone.norm3.bias'][1] = float('inf')
+    torch.save(dict(state_dict=state), tmp_path / 'nan.pth')
+    with pytest.raises(CheckpointLoadError, match=r'NaN or inf values in 2 tensor\(s\)'):
+        dense_runner(tmp_path / 'run').load_checkpoint(str(tmp_path / 'nan.pth'))
+
+
+def test_a_file_of_another_arch_is_named_so_and_a_nested_one_gets_its_prefix(tmp_path):
+    """Every key is the model's but every shape another: the message says another arch (it
+    said "not spanet_mm SPANet"); keys one level down say which ``prefix=`` loads them."""
+    own = spanet_mm.SPANet(arch=dict(layers=[1] * 4, embed_dims=[8, 16, 24, 32]),
+                           init_cfg=None).state_dict()
+    wider = spanet_mm.SPANet(arch=dict(layers=[1] * 4, embed_dims=[16, 32, 48, 64]),
+                             init_cfg=None).state_dict()
+    with pytest.raises(CheckpointMismatchError, match='another SPANet arch') as refused:
+        check_state_dict(own, dict(state_dict=wider, meta=dict(arch='wide')))
+    assert 'saved for SPANet arch wide' in str(refused.value)
+    assert 'not spanet_mm SPANet' not in str(refused.value)
+    nested = {f'backbone.{k}': v for k, v in own.items()}
+    with pytest.raises(CheckpointMismatchError, match="prefix='backbone'"):
+        check_state_dict(own, nested)
 
 
 def test_compare_state_dicts_key_by_key_and_shape_by_shape():

@@ -74,10 +74,10 @@ def load_config(path: str) -> Config:
 def refuse_misfit(model, checkpoint) -> None:
     """The toolboxes' inferencers load weights non-strictly (a checkpoint of another model
     only logs what did not fit), so the file is checked against the model they built, before
-    any image is processed."""
+    any image is processed: every tensor must fit (a missing head would predict at random)."""
     if checkpoint is not None:
         check_state_dict(model.state_dict(), _load_checkpoint(checkpoint, map_location='cpu'),
-                         source=checkpoint)
+                         strict_prefixes=('', ), source=checkpoint)
 
 
 def config_metainfo(cfg) -> dict:

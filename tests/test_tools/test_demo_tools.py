@@ -172,6 +172,20 @@ def test_image_demo_refuses_a_checkpoint_of_another_model(config, tmp_path):
     assert not (tmp_path / 'd').exists() or not any((tmp_path / 'd').iterdir())  # nothing
 
 
+def test_image_demo_refuses_a_checkpoint_without_the_head(tmp_path):
+    """The backbone's weights alone (a detector's, an ImageNet backbone): the inferencer would
+    predict with a random head."""
+    from spanet_mm.apis import init_model
+    from spanet_mm.engine import CheckpointMismatchError
+    state = {k: v for k, v in init_model(DEMO_CLS).state_dict().items()
+             if k.startswith('backbone.')}
+    torch.save(dict(state_dict=state), tmp_path / 'backbone.pth')
+    with pytest.raises(CheckpointMismatchError, match=r"2 missing tensor\(s\) \['head.fc"):
+        load_tool(IMAGE_DEMO).main([DEMO_CLS, '--checkpoints', str(tmp_path / 'backbone.pth'),
+                                    '--out-dir', str(tmp_path / 'd')])
+    assert not (tmp_path / 'd').exists() or not any((tmp_path / 'd').iterdir())
+
+
 @pytest.mark.slow
 def test_image_demo_refusal_as_a_process_is_one_error_line(tmp_path):
     torch.save(dict(state_dict={'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}),

@@ -63,6 +63,19 @@ def make_bad(kind, root, good):
         torch.save(dict(state_dict={f'backbone.{k}': v for k, v in state.items()},
                         meta=dict(arch=deeper)), path)
         return path, ['does not fit the model', 'another SPANet arch']
+    if kind in ('backbone_only', 'weights_only', 'nan'):
+        from spanet_mm.apis import init_model
+        state = init_model(str(good.parent / 'cls.py')).state_dict()  # the whole classifier
+        if kind == 'backbone_only':  # e.g. an ImageNet backbone, or a detector's
+            state = {k: v for k, v in state.items() if k.startswith('backbone.')}
+            words = ['does not fit the model', "missing tensor(s) ['head.fc"]
+        elif kind == 'nan':  # a diverged run's
+            state['backbone.stages.1.0.mlp.fc2.bias'][0] = float('nan')
+            words = ['NaN or inf', 'backbone.stages.1.0.mlp.fc2.bias']
+        else:  # every weight, but not saved by a training Runner
+            words = ['cannot be resumed', "no ['meta', 'message_hub']", 'load_from']
+        torch.save(dict(state_dict=state), path)
+        return path, words
     if kind == 'unsafe':
         torch.save(dict(state_dict={}, payload=FileCreatingPayload(str(root / 'pwned'))), path)
         return path, ['Refusing to load', 'allow-list']
@@ -103,6 +116,18 @@ def test_refused_checkpoint_is_one_error_line(kind, entry, workspace, tmp_path, 
     for word in words:
         assert word in first, first
     assert not (tmp_path / 'pwned').exists()
+
+
+@pytest.mark.parametrize('kind, entry', [
+    ('backbone_only', 'test'), ('backbone_only', 'resume'), ('weights_only', 'resume'),
+    ('nan', 'test'), ('nan', 'load_from')])
+def test_evaluation_and_resume_need_the_whole_runner_checkpoint(kind, entry, workspace, tmp_path,
+                                                                capsys, one_thread):
+    """Fine-tuning (``load_from`` in training) may start a new head; evaluating or resuming
+    with one would evaluate, or train on, random weights (mmengine only logs the missing keys).
+    NaN weights are refused everywhere."""
+    test_refused_checkpoint_is_one_error_line(kind, entry, workspace, tmp_path, capsys,
+                                              one_thread)
 
 
 def test_refused_checkpoint_as_a_process(workspace, tmp_path):

@@ -5,6 +5,11 @@ mmengine's ``Runner.load_checkpoint`` (``load_from``, ``tools/test.py CONFIG CKP
 non-strictly and only logs the keys that did not fit, so a ResNet checkpoint, a SPANet-S file
 given to a SPANet-M config or an unconverted official file would silently evaluate or fine-tune
 a randomly initialised backbone.
+
+What may be missing depends on why the Runner loads the file. Fine-tuning (``load_from`` in
+``train()``) may start a new head or neck; evaluation (``tools/test.py``, ``runner.val()``) and
+``--resume`` may not: a head missing there would be evaluated, or trained on, with random
+weights.
 """
 import re
 from typing import Sequence
@@ -12,28 +17,38 @@ from typing import Sequence
 from mmengine.hooks import Hook
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import HOOKS
+from mmengine.runner import BaseLoop
 
 from ...checkpoint import CheckpointMismatchError, check_state_dict
 
 __all__ = ['CheckpointCheckHook', 'CheckpointMismatchError']
+
+#: What ``Runner.resume`` reads besides the weights (``optimizer`` and ``param_schedulers``
+#: are optional there: a run saved without them resumes with new ones).
+RESUME_KEYS = ('meta', 'message_hub')
 
 
 @HOOKS.register_module()
 class CheckpointCheckHook(Hook):
     """Checks every checkpoint the Runner loads against the model.
 
-    Raises :class:`~spanet_mm.checkpoint.CheckpointMismatchError` when a backbone tensor is
-    missing, has another shape or has no counterpart in the model (SPANet's output norms
-    ``backbone.norm<i>`` may be missing: they start as identity), or when no tensor of the
-    model is in the checkpoint.
-    Other missing or mismatched tensors (e.g. a classification head with another number of
-    classes when fine-tuning) are logged as a warning.
+    Raises :class:`~spanet_mm.checkpoint.CheckpointMismatchError` when no tensor of the model
+    is in the checkpoint, and otherwise:
+
+    - when fine-tuning (``load_from`` in training): when a tensor under ``strict_prefixes`` is
+      missing, has another shape or has no counterpart in the model (SPANet's output norms
+      ``backbone.norm<i>`` may be missing: they start as identity). Other missing or
+      mismatched tensors (e.g. a classification head with another number of classes) are
+      logged as a warning;
+    - when evaluating (the Runner's ``test()`` or ``val()``) or resuming: when any tensor of
+      the model misfits. A resumed checkpoint must also be one the Runner saved in training
+      (with ``meta`` and ``message_hub``).
 
     Args:
-        strict_prefixes (Sequence[str]): Key prefixes that must all fit.
+        strict_prefixes (Sequence[str]): Key prefixes that must all fit when fine-tuning.
             Defaults to ``('backbone.', )``.
-        allowed_missing (Sequence[str]): Regexes of keys that may be missing.
-            Defaults to ``(r'backbone\\.norm\\d+\\.', )``.
+        allowed_missing (Sequence[str]): Regexes of keys that may be missing when
+            fine-tuning. Defaults to ``(r'backbone\\.norm\\d+\\.', )``.
     """
 
     priority = 'VERY_HIGH'
@@ -48,5 +63,22 @@ class CheckpointCheckHook(Hook):
         # mmengine loads into the wrapped model of DDP and of TTA models (tools/test.py --tta).
         while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
             model = model.module
-        check_state_dict(model.state_dict(), checkpoint, self.strict_prefixes,
-                         self.allowed_missing, source=getattr(runner, '_load_from', None))
+        source = getattr(runner, '_load_from', None)
+        # Runner.train() builds its loop before it loads; test() and val() never build it.
+        fine_tuning = isinstance(getattr(runner, '_train_loop', None), BaseLoop)
+        resuming = bool(getattr(runner, '_resume', False))
+        if fine_tuning and not resuming:
+            check_state_dict(model.state_dict(), checkpoint, self.strict_prefixes,
+                             self.allowed_missing, source=source)
+        else:
+            check_state_dict(model.state_dict(), checkpoint, strict_prefixes=('', ),
+                             source=source)
+        if resuming:
+            absent = [key for key in RESUME_KEYS if key not in checkpoint]
+            if absent:
+                raise CheckpointMismatchError(
+                    f'{source or "the checkpoint"} cannot be resumed: it has no {absent}, so '
+                    'it is not a checkpoint the Runner saved while training. --resume '
+                    'continues a run from its own checkpoints; to start training from these '
+                    'weights, pass it as load_from (--cfg-options load_from=PATH) without '
+                    '--resume.')
