@@ -13,7 +13,7 @@ import gc
 import os
 import os.path as osp
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from mmengine.config import Config
@@ -51,9 +51,27 @@ class ConfigKeyError(UserError, ValueError):
     """A ``--cfg-options`` key that the config does not have and nothing reads."""
 
 
-def check_cfg_options(cfg, options: Optional[dict]) -> None:
-    """Rejects ``--cfg-options`` whose top-level key is neither in ``cfg`` nor read by the Runner.
+def _paths_holding(value, node, path='') -> Iterator[str]:
+    """Dotted paths of the entries of ``node`` (nested dicts and lists) equal to ``value``."""
+    items = node.items() if isinstance(node, dict) else (
+        enumerate(node) if isinstance(node, (list, tuple)) else ())
+    sequence = isinstance(value, (list, tuple))
+    for key, child in items:
+        child_path = f'{path}.{key}' if path else str(key)
+        if sequence and isinstance(child, (list, tuple)) and list(child) == list(value):
+            yield child_path  # a tuple variable may be held as a list
+        elif isinstance(child, (dict, list, tuple)):
+            yield from _paths_holding(value, child, child_path)
+        elif type(child) is type(value) and child == value:
+            yield child_path
 
+
+def check_cfg_options(cfg, options: Optional[dict]) -> None:
+    """Rejects ``--cfg-options`` whose top-level key nothing reads.
+
+    That is a key neither in ``cfg`` nor read by the Runner (a typo), or a plain variable of
+    the config file (``data_root``, ``max_iters``, ``crop_size``): Python substituted its value
+    where the file uses it when the file was read, so setting it afterwards changes nothing.
     Call it with the config *before* ``cfg.merge_from_dict(options)``. Nested keys are checked
     when their object is built: SPANet and mmengine's loops, hooks and dataloaders raise
     ``TypeError: ... unexpected keyword argument '<key>'`` for a key they do not take.
@@ -63,8 +81,17 @@ def check_cfg_options(cfg, options: Optional[dict]) -> None:
     known = set(cfg.keys()) | RUNNER_KEYS
     for key in options:
         top = key.split('.')[0]
-        if top in known:
+        if top in RUNNER_KEYS:
             continue
+        if top in known:
+            uses = [p for p in _paths_holding(cfg[top], cfg.to_dict()) if p != top][:4]
+            where = (f' Set the keys that hold its value instead, e.g. '
+                     f'{", ".join(f"{u}=..." for u in uses)}.') if uses else (
+                ' Set the keys that use it instead (see the config file).')
+            raise ConfigKeyError(
+                f'--cfg-options {key}: {top!r} is a variable of the config file, whose value '
+                'was written into the keys that use it when the file was read, and nothing '
+                f'reads {top!r} itself: this option would be silently ignored.{where}')
         close = difflib.get_close_matches(top, sorted(known), n=3)
         hint = f' Did you mean {" or ".join(repr(c) for c in close)}?' if close else ''
         raise ConfigKeyError(
