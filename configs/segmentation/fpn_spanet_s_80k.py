@@ -16,6 +16,8 @@
 # Not released, so not checked against a release: backbone drop path 0.1 (S) / 0.2 (M), the
 # ImageNet rates of the variants (PoolFormer uses 0, SPANetV2 0.15-0.3).
 # Difference in form: mmengine's PolyLR reaches 0 at the last iteration, mmcv 1.x's one later.
+# Precision: fp32, as PVT and PoolFormer train; SPANetV2's configs train with fp16 AMP
+# (AmpOptimWrapper): `--amp` gives that.
 # The head keeps the base's SyncBN; mmengine turns it into BN in a non-distributed run.
 # Reported mIoU: 45.4.
 # Pretrained weights: python tools/model_converters/spanet_official_to_mm.py \

@@ -265,6 +265,8 @@ def test_imagenet_augmentation(variant):
     low = value(aug['erase_aspect_min'])
     assert erasing.aspect_range == pytest.approx((low, 1 / low))
 
+    assert cfg.train_dataloader.drop_last is value(aug['drop_last'])
+
     model = build_model(cfg, arch=small_arch(variant), init_cfg=None)
     batch_augments = model.data_preprocessor.batch_augments
     mixup, cutmix = batch_augments.augments

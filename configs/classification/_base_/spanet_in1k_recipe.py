@@ -11,8 +11,15 @@
 # - Data: RandomResizedCrop 224 (scale 0.08-1, ratio 3/4-4/3), flip 0.5, RandAugment
 #   rand-m9-mstd0.5-inc1, random erasing 0.25 (per-pixel noise); eval: bicubic resize of the
 #   short edge to floor(224 / crop_pct), 224 centre crop. Difference: the official crop draws
-#   its interpolation at random (bilinear or bicubic, timm's 'random'); mmpretrain's
-#   RandomResizedCrop takes one, bicubic here.
+#   its interpolation at random (bilinear or bicubic, timm's 'random'), and so does each
+#   RandAugment op (timm sets no interpolation for 'random'); mmpretrain's RandomResizedCrop
+#   and RandAugment take one, bicubic here. Difference: timm's prefetching loader (on by
+#   default) erases after Mixup/CutMix, on the normalised batch, with unclipped N(0, 1) noise;
+#   mmpretrain erases each image in the pipeline, before mixing, with noise of the same
+#   distribution in pixel space (clipped to 0..255). Same rate, areas and aspects.
+# - Loading: the last incomplete batch of an epoch is dropped, as timm's training loader does.
+#   Difference: timm seeds 42 + rank by default; here mmengine draws a seed unless
+#   `--cfg-options randomness.seed=42 randomness.diff_rank_seed=True`.
 # - Model: Mixup 0.8 or CutMix 1.0 (one of the two per batch, as timm's switch prob 0.5), label
 #   smoothing 0.1, fp32, no EMA; init: the backbone's default (the official init, see
 #   SPANet.init_weights) and a truncated normal (std 0.02, zero bias) head.
@@ -51,7 +58,8 @@ model = dict(
 # them; stated here, so that every tool loads alike: samples collated into batch tensors, pinned
 # host memory, persistent workers (RNGStateHook re-seeds them per epoch: resume stays exact).
 train_dataloader = dict(
-    collate_fn=dict(type='default_collate'), pin_memory=True, persistent_workers=True)
+    collate_fn=dict(type='default_collate'), pin_memory=True, persistent_workers=True,
+    drop_last=True)
 val_dataloader = dict(
     collate_fn=dict(type='default_collate'), pin_memory=True, persistent_workers=True)
 test_dataloader = val_dataloader
