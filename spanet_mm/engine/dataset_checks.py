@@ -6,17 +6,24 @@ run starts (``tools/train.py`` / ``tools/test.py``, through :func:`.launch.check
   evaluators' annotation files) that do not exist, with the expected layout of the task.
 - :func:`check_dataset_formats`: annotation files that exist but are malformed (a COCO json
   without ``images``/``annotations``/``categories``, without annotations, or with annotations
-  of images or categories it does not list; an ADE20K folder whose images have no label maps;
-  an ImageNet list file that is empty, has bad lines or labels outside the dataset's classes).
+  of images or categories it does not list; a segmentation folder (ADE20K, Cityscapes, ...)
+  whose images have no label maps; an ImageNet list file that is empty, has bad lines or labels
+  outside the dataset's classes). Each check runs only for the dataset types that read the
+  format it checks (the config's ``type`` resolved through the toolbox's DATASETS registry):
+  COCO instances for CocoDataset and the subclasses with its loader (not CocoPanopticDataset,
+  not LVIS), label-map folders for mmseg's BaseSegDataset types with BaseSegDataset's loader
+  (with the class's own suffixes), list files for mmpretrain's CustomDataset/ImageNet types;
+  other types are left to the toolbox.
 
 Each raises an error whose message names the problem and the fix.
 """
+import importlib
 import json
-import os
 import os.path as osp
 from operator import itemgetter
 from typing import Iterable, Iterator, List, Optional, Tuple
 
+from mmengine import fileio
 from mmengine.fileio import list_from_file
 
 from ..errors import UserError
@@ -207,26 +214,46 @@ def check_coco_file(path: str, classes: Optional[Iterable[str]] = None,
                 'file.')
 
 
-def check_ade20k_folder(img_dir: str, ann_dir: str, img_suffix: str = '.jpg',
-                        seg_map_suffix: str = '.png') -> None:
-    """Every image of an ADE20K-layout split has its label map."""
-    if not osp.isdir(img_dir) or not osp.isdir(ann_dir):
+def check_seg_folder(img_dir: str, ann_dir: Optional[str], img_suffix: str = '.jpg',
+                     seg_map_suffix: str = '.png', dataset: str = 'ADE20KDataset') -> None:
+    """Every image of a segmentation split has its label map, found as mmseg's
+    ``BaseSegDataset.load_data_list`` finds them: the ``img_suffix`` files under ``img_dir``
+    (recursively, e.g. Cityscapes' ``<city>/`` folders), each reading
+    ``<ann_dir>/<its path without img_suffix><seg_map_suffix>``; ``ann_dir=None``: no label maps
+    are read (``data_prefix`` without ``seg_map_path``)."""
+    if not osp.isdir(img_dir) or (ann_dir is not None and not osp.isdir(ann_dir)):
         return  # missing paths are check_datasets' business
-    images = sorted(f for f in os.listdir(img_dir) if f.endswith(img_suffix))
+    ade20k = dataset == 'ADE20KDataset'
+    images = sorted(fileio.list_dir_or_file(img_dir, list_dir=False, suffix=img_suffix,
+                                            recursive=True))
     if not images:
+        hint = ('Expected the ADE20K layout (images/{training,validation}/*.jpg, '
+                'annotations/{training,validation}/*.png); see docs/datasets.md.' if ade20k else
+                f'Check `data_prefix.img_path` and `img_suffix` of the {dataset} config.')
         raise DatasetFormatError(
-            f'{img_dir} has no {img_suffix} images. Expected the ADE20K layout '
-            '(images/{training,validation}/*.jpg, annotations/{training,validation}/*.png); '
-            'see docs/datasets.md.')
-    stems = {osp.splitext(f)[0] for f in os.listdir(ann_dir) if f.endswith(seg_map_suffix)}
-    orphans = [f for f in images if f[:-len(img_suffix)] not in stems]
+            f'{img_dir} has no {img_suffix} images (searched recursively, as {dataset} reads '
+            f'them). {hint}')
+    if ann_dir is None:
+        return
+    orphans = [f for f in images
+               if not osp.isfile(osp.join(ann_dir, f[:-len(img_suffix)] + seg_map_suffix))]
     if orphans:
         example = orphans[0]
+        fix = ('Copy the annotations of ADEChallengeData2016 next to the images; see '
+               'docs/datasets.md.' if ade20k else
+               f'{dataset} reads the label map of <img_path>/<name>{img_suffix} from '
+               f'<seg_map_path>/<name>{seg_map_suffix}: add the missing label maps, or fix '
+               '`data_prefix.seg_map_path` / `seg_map_suffix`.')
         raise DatasetFormatError(
             f'{len(orphans)} of {len(images)} images in {img_dir} have no label map in '
             f'{ann_dir} (e.g. {example} needs '
-            f'{osp.join(ann_dir, example[:-len(img_suffix)] + seg_map_suffix)}). Copy the '
-            'annotations of ADEChallengeData2016 next to the images; see docs/datasets.md.')
+            f'{osp.join(ann_dir, example[:-len(img_suffix)] + seg_map_suffix)}). {fix}')
+
+
+def check_ade20k_folder(img_dir: str, ann_dir: str, img_suffix: str = '.jpg',
+                        seg_map_suffix: str = '.png') -> None:
+    """Every image of an ADE20K-layout split has its label map."""
+    check_seg_folder(img_dir, ann_dir, img_suffix, seg_map_suffix, 'ADE20KDataset')
 
 
 def _integer(text: str) -> Optional[int]:
@@ -280,15 +307,70 @@ def check_image_list(path: str, num_classes: Optional[int] = None, with_label: b
 SPLIT_LIST_DATASETS = ('ImageNet', 'ImageNet21k')
 
 
-def _mmpretrain_class(dataset: dict) -> Optional[type]:
-    """The dataset class a mmpretrain dataset config builds, if the registry knows it."""
+def _dataset_class(scope: str, dataset: dict) -> Optional[type]:
+    """The dataset class a dataset config builds, resolved through the toolbox's DATASETS
+    registry (as the Runner does); None if the registry does not know it."""
     kind = dataset.get('type')
     if isinstance(kind, type):
         return kind
     if not isinstance(kind, str):
         return None
-    from mmpretrain.registry import DATASETS
-    return DATASETS.get(kind)
+    registry = importlib.import_module(f'{scope}.registry').DATASETS
+    return registry.get(kind)
+
+
+def _reads_coco_instances(dataset_class: Optional[type]) -> bool:
+    """Whether a mmdet dataset class reads a COCO instances json as CocoDataset does, the format
+    :func:`check_coco_file` checks: CocoDataset's own loader, parser and COCO API (so its
+    subclasses that change only METAINFO, ``filter_data`` or ``__init__``: Cityscapes,
+    DeepFashion, iSAID, ADE20KInstance, V3Det) or Objects365's loaders (which only sort the
+    categories or skip listed images). Not CocoPanopticDataset (per-image ``segments_info``, no
+    ``bbox``), not LVIS (the LVIS API; v1 images have ``coco_url``, not ``file_name``, and every
+    category is used whatever the classes), nor any other class with its own loader or parser."""
+    from mmdet.datasets import CocoDataset, Objects365V1Dataset, Objects365V2Dataset
+    from mmdet.datasets.api_wrappers import COCO
+    if not (isinstance(dataset_class, type) and issubclass(dataset_class, CocoDataset)):
+        return False
+    loaders = (CocoDataset.load_data_list, Objects365V1Dataset.load_data_list,
+               Objects365V2Dataset.load_data_list)
+    return (dataset_class.load_data_list in loaders and dataset_class.COCOAPI is COCO
+            and dataset_class.parse_data_info is CocoDataset.parse_data_info)
+
+
+def _reads_image_list(dataset_class: Optional[type]) -> bool:
+    """Whether a mmpretrain dataset class reads its ann_file as CustomDataset does (the list
+    :func:`check_image_list` checks): CustomDataset, ImageNet, ImageNet21k, Places205; not CUB
+    and the others with a loader of their own."""
+    from mmpretrain.datasets import CustomDataset
+    return (isinstance(dataset_class, type) and issubclass(dataset_class, CustomDataset)
+            and dataset_class.load_data_list is CustomDataset.load_data_list)
+
+
+def _seg_folder(dataset: dict, dataset_class: Optional[type]) -> Optional[tuple]:
+    """``(img_dir, ann_dir or None, img_suffix, seg_map_suffix, class name)`` that a mmseg
+    dataset scans, as the dataset class itself resolves them (its own suffixes, e.g. Cityscapes'
+    ``_leftImg8bit.png``; ``data_prefix`` joined to ``data_root``), from an instance built with
+    ``lazy_init`` (which reads no data). None if it does not scan folders: not a BaseSegDataset
+    with BaseSegDataset's loader, an ``ann_file`` list of names (Pascal VOC), a non-local path,
+    or a config the class refuses (the Runner reports that)."""
+    from mmseg.datasets import BaseSegDataset
+    if not (isinstance(dataset_class, type) and issubclass(dataset_class, BaseSegDataset)
+            and dataset_class.load_data_list is BaseSegDataset.load_data_list):
+        return None
+    kwargs = {k: v for k, v in dataset.items() if k not in ('type', '_scope_')}  # as build
+    kwargs.update(pipeline=[], lazy_init=True)
+    try:
+        instance = dataset_class(**kwargs)
+    except Exception:  # noqa: BLE001 - a config error is the Runner's to report, not ours
+        return None
+    img_dir = instance.data_prefix.get('img_path')
+    ann_dir = instance.data_prefix.get('seg_map_path')
+    if (instance.ann_file and not osp.isdir(instance.ann_file)) or not isinstance(img_dir, str) \
+            or not _is_local(img_dir) or (ann_dir is not None and not _is_local(ann_dir)):
+        return None
+    from mmseg.datasets import ADE20KDataset
+    name = 'ADE20KDataset' if isinstance(instance, ADE20KDataset) else dataset_class.__name__
+    return img_dir, ann_dir, instance.img_suffix, instance.seg_map_suffix, name
 
 
 def _class_count(dataset: dict, dataset_class: Optional[type]) -> Tuple[Optional[int], str]:
@@ -331,7 +413,8 @@ def check_dataset_formats(cfg, scope: str, phases: List[str]) -> None:
         ann_path = _join(root, ann_file) if ann_file else None
         if ann_path and not osp.isfile(ann_path):
             continue
-        if scope == 'mmdet' and ann_path and ann_path.endswith('.json'):
+        dataset_class = _dataset_class(scope, dataset)
+        if scope == 'mmdet' and ann_path and _reads_coco_instances(dataset_class):
             if osp.getsize(ann_path) > MAX_CHECKED_COCO_BYTES:
                 continue
             classes = (dataset.get('metainfo') or {}).get('classes')
@@ -340,17 +423,12 @@ def check_dataset_formats(cfg, scope: str, phases: List[str]) -> None:
             # predictions that are only written need no ground truth (test-dev)
             need_annotations = phase == 'train' or not _format_only(cfg.get(f'{phase}_evaluator'))
             check_coco_file(ann_path, classes, with_mask, need_annotations)
-        elif scope == 'mmseg' and not ann_file:
-            prefix = dataset.get('data_prefix') or {}
-            img = prefix.get('img_path', 'images/training')
-            seg = prefix.get('seg_map_path', 'annotations/training')
-            check_ade20k_folder(_join(root, img), _join(root, seg),
-                                dataset.get('img_suffix', '.jpg'),
-                                dataset.get('seg_map_suffix', '.png'))
-        elif scope == 'mmpretrain':
-            dataset_class = _mmpretrain_class(dataset)
-            reads_split = dataset_class is not None and any(
-                c.__name__ in SPLIT_LIST_DATASETS for c in dataset_class.__mro__)
+        elif scope == 'mmseg':
+            folder = _seg_folder(dataset, dataset_class)
+            if folder:
+                check_seg_folder(*folder)
+        elif scope == 'mmpretrain' and _reads_image_list(dataset_class):
+            reads_split = any(c.__name__ in SPLIT_LIST_DATASETS for c in dataset_class.__mro__)
             split = dataset.get('split') if reads_split else None
             if not ann_file and split and _is_local(root):
                 ann_path = _join(root, osp.join('meta', f'{split}.txt'))

@@ -419,6 +419,172 @@ def test_coco_without_annotations(coco):
         check_dataset_formats(cfg, 'mmdet', ['train'])
 
 
+def write_png(path, array):
+    import mmcv
+    assert mmcv.imwrite(array, str(path))  # makes the folders
+
+
+#: Real layouts of mmseg datasets other than ADE20K (upstream configs/_base_/datasets/*.py):
+#: ``(type, data_prefix, [(image, its label map)], files of the release that are not read)``.
+SEG_LAYOUTS = {
+    'Cityscapes': ('CityscapesDataset', dict(img_path='leftImg8bit/train',
+                                             seg_map_path='gtFine/train'),
+                   [('aachen/aachen_000000_000019_leftImg8bit.png',
+                     'aachen/aachen_000000_000019_gtFine_labelTrainIds.png'),
+                    ('bremen/bremen_000001_000019_leftImg8bit.png',
+                     'bremen/bremen_000001_000019_gtFine_labelTrainIds.png')],
+                   ['gtFine/train/aachen/aachen_000000_000019_gtFine_color.png',
+                    'gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png']),
+    'COCO-Stuff': ('COCOStuffDataset', dict(img_path='images/train2017',
+                                            seg_map_path='annotations/train2017'),
+                   [('000000000009.jpg', '000000000009_labelTrainIds.png'),
+                    ('000000000025.jpg', '000000000025_labelTrainIds.png')],
+                   ['annotations/train2017/000000000009.png']),
+    'LoveDA': ('LoveDADataset', dict(img_path='img_dir/train', seg_map_path='ann_dir/train'),
+               [('0.png', '0.png'), ('1.png', '1.png')], []),
+}
+
+
+def seg_dataset(root, layout):
+    """A 2-image set of ``layout`` under ``root`` and its dataset config."""
+    import numpy as np
+    kind, prefix, pairs, extra = SEG_LAYOUTS[layout]
+    for image, label in pairs:
+        write_png(root / prefix['img_path'] / image, np.zeros((8, 16, 3), np.uint8))
+        write_png(root / prefix['seg_map_path'] / label, np.ones((8, 16), np.uint8))
+    for path in extra:
+        write_png(root / path, np.zeros((8, 16), np.uint8))
+    return dict(type=kind, data_root=str(root), data_prefix=prefix,
+                pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')])
+
+
+@pytest.mark.parametrize('wrap', [
+    lambda leaf: leaf,
+    lambda leaf: dict(type='RepeatDataset', times=2, dataset=leaf),
+], ids=['plain', 'RepeatDataset'])
+@pytest.mark.parametrize('layout', list(SEG_LAYOUTS))
+def test_segmentation_layouts_other_than_ade20k_pass(tmp_path, layout, wrap):
+    """A Cityscapes, COCO-Stuff or LoveDA set, which mmseg loads, passes the checks: they use
+    the class's own suffixes and scan the folders recursively (Cityscapes' <city>/), as
+    BaseSegDataset does; a lost label map is still refused. (Before, every mmseg set was
+    checked as ADE20K: flat folder of .jpg, <name>.png.)"""
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import DATASETS
+    leaf = seg_dataset(tmp_path, layout)
+    cfg = Config(dict(train_dataloader=dict(dataset=wrap(leaf))))
+    check_datasets(cfg, 'mmseg', ['train'])
+    check_dataset_formats(cfg, 'mmseg', ['train'])
+    with DefaultScope.overwrite_default_scope('mmseg'):  # mmseg itself loads the 2 samples
+        samples = list(DATASETS.build(leaf))
+    prefix, pairs = leaf['data_prefix'], SEG_LAYOUTS[layout][2]
+    img_dir, ann_dir = tmp_path / prefix['img_path'], tmp_path / prefix['seg_map_path']
+    assert [(s['img_path'], s['seg_map_path']) for s in samples] == [
+        (str(img_dir / image), str(ann_dir / label)) for image, label in pairs]
+    assert [s['gt_seg_map'].shape for s in samples] == [(8, 16)] * 2
+    image, label = pairs[0]
+    (ann_dir / label).unlink()
+    with pytest.raises(DatasetFormatError) as error:
+        check_dataset_formats(cfg, 'mmseg', ['train'])
+    assert (f'1 of 2 images in {img_dir} have no label map in {ann_dir} (e.g. {image} needs '
+            f'{ann_dir / label}). {leaf["type"]} reads') in str(error.value)
+
+
+def test_segmentation_set_without_label_maps_in_the_config(tmp_path):
+    """``data_prefix`` without ``seg_map_path`` (ADE20K's unlabelled test images): mmseg reads
+    no label maps, so none is asked for (before, ``annotations/training`` was assumed)."""
+    import numpy as np
+    for i in range(2):
+        write_png(tmp_path / 'images' / 'testing' / f'ADE_test_{i}.jpg',
+                  np.zeros((8, 16, 3), np.uint8))
+    (tmp_path / 'annotations' / 'training').mkdir(parents=True)  # of the labelled splits
+    leaf = dict(type='ADE20KDataset', data_root=str(tmp_path),
+                data_prefix=dict(img_path='images/testing'),
+                pipeline=[dict(type='LoadImageFromFile')])
+    cfg = Config(dict(test_cfg=dict(), test_dataloader=dict(dataset=leaf)))
+    check_datasets(cfg, 'mmseg', ['test'])
+    check_dataset_formats(cfg, 'mmseg', ['test'])
+    cfg.test_dataloader.dataset.data_prefix.seg_map_path = 'annotations/training'
+    with pytest.raises(DatasetFormatError, match='2 of 2 images .* have no label map'):
+        check_dataset_formats(cfg, 'mmseg', ['test'])
+
+
+@pytest.fixture
+def coco_panoptic(tmp_path):
+    """A 2-image COCO panoptic set (annotations/panoptic_train2017.json and its PNG folder),
+    as mmdet's configs/_base_/datasets/coco_panoptic.py reads it."""
+    import numpy as np
+    root = tmp_path / 'coco'
+    images, annotations = [], []
+    for i in (1, 2):
+        name = f'{i:012d}'
+        write_png(root / 'train2017' / f'{name}.jpg', np.zeros((8, 16, 3), np.uint8))
+        png = np.zeros((8, 16, 3), np.uint8)
+        png[:, :8, 2], png[:, 8:, 2] = 1, 2  # segment ids in R (BGR written)
+        write_png(root / 'annotations' / 'panoptic_train2017' / f'{name}.png', png)
+        images.append(dict(id=i, file_name=f'{name}.jpg', height=8, width=16))
+        annotations.append(dict(image_id=i, file_name=f'{name}.png', segments_info=[
+            dict(id=1, category_id=1, iscrowd=0, bbox=[0, 0, 8, 8], area=64),
+            dict(id=2, category_id=199, iscrowd=0, bbox=[8, 0, 8, 8], area=64)]))
+    categories = [dict(id=1, name='person', supercategory='person', isthing=1),
+                  dict(id=199, name='wall-other-merged', supercategory='wall', isthing=0)]
+    (root / 'annotations' / 'panoptic_train2017.json').write_text(
+        json.dumps(dict(images=images, annotations=annotations, categories=categories)))
+    return root
+
+
+def test_coco_panoptic_passes(coco_panoptic):
+    """CocoPanopticDataset's json (per-image ``segments_info``, no ``bbox`` per annotation),
+    which mmdet loads, is not checked as a COCO instances file; a CocoDataset on the same file
+    is still refused, as mmdet's COCO API fails on it."""
+    from mmengine.registry import DefaultScope
+    from mmdet.registry import DATASETS
+    root = coco_panoptic
+    ann_file = 'annotations/panoptic_train2017.json'
+    dataset = dict(type='CocoPanopticDataset', data_root=str(root), ann_file=ann_file,
+                   data_prefix=dict(img='train2017/', seg='annotations/panoptic_train2017/'),
+                   pipeline=[])
+    cfg = Config(dict(
+        train_dataloader=dict(dataset=dataset), val_cfg=dict(),
+        val_dataloader=dict(dataset=dict(dataset, test_mode=True)),
+        val_evaluator=dict(type='CocoPanopticMetric', ann_file=str(root / ann_file),
+                           seg_prefix=str(root / 'annotations' / 'panoptic_train2017'))))
+    check_datasets(cfg, 'mmdet', ['train', 'val'])
+    check_dataset_formats(cfg, 'mmdet', ['train', 'val'])
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        built = DATASETS.build(dataset)  # mmdet reads it: 2 images, a thing and a stuff each
+        infos = [built.get_data_info(i) for i in range(len(built))]
+        assert [len(info['segments_info']) for info in infos] == [2, 2]
+        assert all(osp.isfile(info['seg_map_path']) for info in infos)
+        cfg.train_dataloader.dataset.type = 'CocoDataset'
+        with pytest.raises(KeyError):
+            DATASETS.build(cfg.train_dataloader.dataset)
+    with pytest.raises(DatasetFormatError,
+                       match=r"annotations\[0\] lacks \['id', 'category_id', 'bbox'\]"):
+        check_dataset_formats(cfg, 'mmdet', ['train'])
+
+
+@pytest.mark.parametrize('kind, checked', [
+    ('CocoDataset', True), ('CityscapesDataset', True), ('Objects365V2Dataset', True),
+    ('mmdet.iSAIDDataset', True), ('LVISV1Dataset', False), ('LVISV05Dataset', False),
+    ('ADE20KPanopticDataset', False), ('ODVGDataset', False)])
+def test_coco_instances_check_only_for_datasets_reading_them(coco, kind, checked):
+    """CocoDataset and the subclasses with its loader (mmdet's Cityscapes, iSAID, ...) or
+    Objects365's read the COCO instances format; LVIS (LVIS API, v1 images have `coco_url`, not
+    `file_name`), the panoptic and other json datasets read their own and are not checked."""
+    tmp_path, data = coco
+    for image in data['images']:  # as in LVIS v1's lvis_v1_val.json
+        image['coco_url'] = f'http://images.cocodataset.org/val2017/{image.pop("file_name")}'
+    (tmp_path / 'val.json').write_text(json.dumps(data))
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(
+        type='ClassBalancedDataset', oversample_thr=1e-3,
+        dataset=dict(type=kind, data_root=str(tmp_path), ann_file='val.json')))))
+    if checked:
+        with pytest.raises(DatasetFormatError, match=r"images\[0\] lacks \['file_name'\]"):
+            check_dataset_formats(cfg, 'mmdet', ['train'])
+    else:
+        check_dataset_formats(cfg, 'mmdet', ['train'])
+
+
 # --- unknown config keys --------------------------------------------------------------------------
 @pytest.mark.slow
 def test_unknown_backbone_key_names_the_key(demo, tmp_path):
