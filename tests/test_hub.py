@@ -10,6 +10,7 @@ model's (../shared/spec/spanet.md), the converted official weights must give the
 logits (../shared/fixtures), and ImageNet class 652 is "military uniform".
 """
 import glob
+import inspect
 import os
 import os.path as osp
 import re
@@ -86,6 +87,100 @@ def test_get_model_loads_a_converted_official_file(official_fixture, tmp_path, m
 
 def test_hub_registration_is_idempotent():
     assert spanet_mm.hub.register_model_index() == spanet_mm.hub.register_model_index()
+
+
+# ---------------------------------------------------------------------------------------------
+# Aliases: the former names (the metafile's ``Alias``), which mmpretrain's hub does not read
+
+
+def metafile_aliases():
+    """``{alias: name}`` as configs/classification/metafile.yml writes them (read here, not
+    through the code under test)."""
+    import yaml
+    with open(osp.join(REPO_ROOT, 'configs', 'classification', 'metafile.yml')) as f:
+        models = yaml.safe_load(f)['Models']
+    return {alias: model['Name'] for model in models for alias in model.get('Alias', [])}
+
+
+def test_get_model_builds_an_alias_as_its_model():
+    """``get_model('spanet-s_in1k')``: SPANet-S from spanet_s_in1k.py, under the model's name."""
+    from mmpretrain import get_model
+    from mmpretrain.apis import ModelHub
+    model = get_model('spanet-s_in1k')
+    expected = ModelHub.get('spanet_s_in1k').config
+    assert model._config.filename == expected.filename
+    assert model._config.model.backbone == expected.model.backbone  # arch 's'
+    assert model._metainfo.name == 'spanet_s_in1k'
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == OFFICIAL_PARAMS['s']
+
+
+def test_every_alias_in_the_metafile_resolves():
+    """Each ``Alias`` gives its model's entry (any case, as names do); ``list_models`` lists
+    names only, as upstream mmpretrain does."""
+    from mmpretrain import list_models
+    from mmpretrain.apis import ModelHub
+    aliases = metafile_aliases()
+    assert len(aliases) == len(VARIANTS)
+    for alias, name in aliases.items():
+        metainfo = ModelHub.get(alias)  # each get loads the config: once per alias
+        assert metainfo.name == name
+        assert metainfo.config.filename == ModelHub._models_dict[name].config  # name's path
+        assert metainfo.results[0].task == 'Image Classification'  # inference_model's key
+        assert list_models(alias) == []
+    assert ModelHub.get('SPANet-MX_in1k').name == 'spanet_mx_in1k'
+    assert spanet_mm.hub.model_aliases() == aliases
+    assert list_models('*spanet*') == classification_config_names()
+
+
+def test_init_model_and_inference_model_take_an_alias():
+    from mmpretrain import inference_model, init_model
+    tiny = dict(_delete_=True, layers=[1, 1, 1, 1], embed_dims=[8, 16, 32, 64],
+                mlp_ratios=[4, 4, 4, 4], radius=[2, 2, 1, 1])
+    model = init_model('spanet-s_in1k', backbone=dict(arch=tiny), head=dict(in_channels=64))
+    assert model._metainfo.name == 'spanet_s_in1k'
+    assert model.backbone.embed_dims[-1] == 64
+    image = torch.randint(0, 256, (224, 224, 3), dtype=torch.uint8).numpy()
+    result = inference_model('spanet-s_in1k', image, pretrained=False)  # the full SPANet-S
+    assert 0 <= result['pred_label'] < 1000 and result['pred_class']
+
+
+@pytest.mark.parametrize('name', [
+    'spanet-s',  # a prefix of an alias (list_models matches prefixes, get does not)
+    'spanet-s_in1k-384',
+    'spanet-xl_in1k',
+    'retinanet_spanet-s_fpn_1x_coco',  # a detection alias: detection has no hub
+])
+def test_unknown_names_still_raise(name):
+    """Next to an alias that resolves, its near misses fail as any unknown name does."""
+    from mmpretrain import get_model
+    from mmpretrain.apis import ModelHub
+    assert ModelHub.get('spanet-s_in1k').name == 'spanet_s_in1k'
+    with pytest.raises(ValueError, match=f'Failed to find model "{re.escape(name)}"'):
+        get_model(name)
+
+
+def test_registering_again_keeps_one_alias_lookup_and_the_hub_open(monkeypatch, tmp_path):
+    """A second registration (into a hub without the SPANet entries, as after a restart) wraps
+    ``ModelHub.get`` once, and leaves ``ModelHub`` open to another package's metafile, whose
+    names win over an alias of the same spelling."""
+    from mmpretrain import list_models
+    from mmpretrain.apis import ModelHub
+    list_models()  # mmpretrain's own models are registered first, outside the copy below
+    monkeypatch.setattr(ModelHub, '_models_dict', {
+        k: v for k, v in ModelHub._models_dict.items() if not k.startswith('spanet')})
+    monkeypatch.setattr(ModelHub, 'get', ModelHub.__dict__['get'])  # restored afterwards
+    monkeypatch.setattr(spanet_mm.hub, '_registered', False)
+    assert spanet_mm.hub.register_model_index() == spanet_mm.hub.register_model_index()
+    assert ModelHub.get('spanet-m_in1k').name == 'spanet_m_in1k'
+    assert list_models('*spanet*') == classification_config_names()
+    assert inspect.unwrap(ModelHub.get) is ModelHub.get.__wrapped__  # one wrapper, no more
+    assert not set(metafile_aliases()) & set(ModelHub._models_dict)
+    (tmp_path / 'other.py').write_text("model = dict(type='ImageClassifier')\n")
+    (tmp_path / 'metafile.yml').write_text(
+        'Models:\n  - Name: spanet-s_in1k\n    Config: other.py\n')
+    ModelHub.register_model_index(tmp_path / 'metafile.yml')
+    assert ModelHub.get('spanet-s_in1k').config.filename == str(tmp_path / 'other.py')
+    assert ModelHub.get('spanet-m_in1k').name == 'spanet_m_in1k'
 
 
 class _NotInstalled:
