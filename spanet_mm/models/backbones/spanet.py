@@ -14,7 +14,8 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...checkpoint import CheckpointNotFoundError, check_state_dict
+from ...checkpoint import (CheckpointMismatchError, CheckpointNotFoundError, check_state_dict,
+                           compare_state_dicts)
 from ...registry import register_model
 from ..layers import AutocastConv2d, SpectralPoolingMixer
 from ..layers.activation import build_mlp_activation
@@ -457,6 +458,31 @@ class SPANet(BaseModule):
                              'asks for.')
         return {k: v for k, v in state_dict.items()
                 if not OUTPUT_NORM.match(k) or int(k[4:k.index('.')]) in wanted}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Refuses backbone tensors that cannot be this model's, whoever loads them.
+
+        ``load_state_dict(strict=False)``, mmengine's ``load_checkpoint`` and everything on it
+        (mmpretrain's ``get_model(pretrained=...)``, the inferencers) only log a tensor of
+        another shape or a key the model does not have, and keep the initial weights: a file of
+        another arch would silently run half random. Both mean the file is not this model's,
+        so both are refused here (SPANet's output norms of other stages excepted); a key the
+        file lacks stays allowed, as ``strict=False`` promises partial loads.
+        """
+        given = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        own = self.state_dict()
+        fit = compare_state_dicts(own, given, allowed_missing=(OUTPUT_NORM, ))
+        if given and (fit.mismatched or fit.unexpected):
+            fix = ('this model is in its deploy form, whose keys differ: load the weights '
+                   'before switch_to_deploy(), or use a checkpoint of this arch' if self.deploy
+                   else 'use the checkpoint of this arch, or the config it was trained with')
+            raise CheckpointMismatchError(
+                f'These weights do not fit this SPANet (arch {self.arch}'
+                f'{", deploy form" if self.deploy else ""}): '
+                f'{len(fit.mismatched)} tensor(s) of another shape {fit.mismatched[:3]}, '
+                f'{len(fit.unexpected)} it does not have {fit.unexpected[:3]} (under '
+                f'{prefix or "the top level"!r}): {fix}.')
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _freeze_stages(self) -> None:
         modules = []

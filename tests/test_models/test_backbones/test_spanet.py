@@ -349,3 +349,48 @@ def test_switch_to_deploy_is_explicit_and_inference_only():
     with torch.no_grad():
         assert len(model(x)) == 1
     model.switch_to_deploy()  # idempotent
+
+
+def _weights(arch, **kwargs):
+    return SPANet(arch=arch, init_cfg=None, **kwargs).state_dict()
+
+
+@pytest.mark.parametrize('loader', ['torch_non_strict', 'mmengine'])
+@pytest.mark.parametrize('other, message', [
+    (dict(TINY, layers=[2, 1, 1, 1]), r"2?\d it does not have \['stages.0.1"),  # deeper
+    (dict(TINY, embed_dims=[16, 16, 24, 32]), r'tensor\(s\) of another shape'),  # wider
+])
+def test_weights_of_another_arch_are_refused_by_every_loader(other, message, loader):
+    """torch's strict=False and mmengine's load_checkpoint (under mmpretrain's get_model and
+    the inferencers) only log such tensors and keep the initial weights."""
+    from mmengine.runner.checkpoint import load_state_dict
+    from spanet_mm.checkpoint import CheckpointMismatchError
+    model = build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    load = {'torch_non_strict': lambda sd: model.load_state_dict(sd, strict=False),
+            'mmengine': lambda sd: load_state_dict(model, sd)}[loader]
+    with pytest.raises(CheckpointMismatchError, match=message):
+        load(_weights(other))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_partial_and_own_weights_still_load():
+    model = build(out_indices=(2, 3))
+    own = _weights(TINY, out_indices=(2, 3))
+    partial = {k: v for k, v in own.items() if k.startswith('stages.0.')}
+    assert set(model.load_state_dict(partial, strict=False).missing_keys) == \
+        set(own) - set(partial)  # strict=False keeps its promise of partial loads
+    model.load_state_dict(own)
+    # Output norms of other stages (a detector's into a classifier) are not this arch's misfit.
+    dense = _weights(TINY, out_indices=(0, 1, 2, 3))
+    model.load_state_dict(dense, strict=False)
+    for key in own:
+        assert torch.equal(model.state_dict()[key], dense[key])
+
+
+def test_unfused_weights_into_the_deploy_form_name_the_order():
+    from spanet_mm.checkpoint import CheckpointMismatchError
+    deployed = build().switch_to_deploy()
+    with pytest.raises(CheckpointMismatchError, match=r'load the weights before switch_to_deploy'):
+        deployed.load_state_dict(_weights(TINY), strict=False)
+    deployed.load_state_dict(deployed.state_dict())  # its own fused weights load
