@@ -32,6 +32,7 @@ import os.path as osp
 import shutil
 
 import numpy as np
+import torch
 from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint
 
@@ -48,6 +49,27 @@ def default_image() -> str:
     return cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
 
 
+def device(value: str) -> str:
+    """``--device``: one this machine has (else the inferencer fails with a traceback)."""
+    if value.startswith('cuda') and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f'{value}: torch.cuda.is_available() is False here (no CUDA GPU or driver, or a '
+            'CPU-only torch); use --device cpu')
+    return value
+
+
+def out_folder(path: str) -> str:
+    """``--out-dir``: a folder, or a path where one can be made: neither it nor the first of
+    its parents that exists may be a file (os.makedirs would fail with a traceback)."""
+    existing = osp.abspath(path)
+    while not osp.lexists(existing):
+        existing = osp.dirname(existing)
+    if not osp.isdir(existing):
+        raise argparse.ArgumentTypeError(f'{existing} is a file, not a folder; give a folder '
+                                         '(it is made if missing)')
+    return path
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('configs', nargs='+', help='SPANet config(s) of any of the three tasks')
@@ -55,8 +77,8 @@ def parse_args(argv=None):
                         help="one checkpoint per config ('none' for random weights); "
                         'default: random weights for all')
     parser.add_argument('--img', default=None, help='input image (default: Grace Hopper)')
-    parser.add_argument('--out-dir', default='work_dirs/image_demo')
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--out-dir', type=out_folder, default='work_dirs/image_demo')
+    parser.add_argument('--device', type=device, default='cpu')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: draw boxes above this score')
     return parser.parse_args(argv)
@@ -168,6 +190,10 @@ def main(argv=None):
                          'checkpoint(s); give one per config (or none at all).')
     if not osp.isfile(img):
         raise SystemExit(f'error: image {img} not found.')
+    import mmcv
+    if mmcv.imread(img) is None:  # the inferencers would fail with a ValueError traceback
+        raise SystemExit(f'error: cannot read {img} as an image (OpenCV cannot decode it); '
+                         'give a JPEG, PNG or other image file.')
     jobs = []
     out_dirs = {}  # real path of each config's output folder -> config
     for config, checkpoint in zip(args.configs, checkpoints):  # check everything first

@@ -158,6 +158,72 @@ def test_plot_spectral_response_refuses_another_backbone(tmp_path):
     assert not (tmp_path / 'plots').exists()
 
 
+def usage_error(main, argv, capsys) -> str:
+    """What argparse prints for a refused option (exit 2, one ``error:`` line)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    assert excinfo.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def not_an_image(tmp_path):
+    path = tmp_path / 'notes.jpg'
+    path.write_text('not an image\n')
+    return str(path)
+
+
+def test_plot_spectral_response_refuses_bad_options_before_the_model(tmp_path, capsys,
+                                                                     monkeypatch):
+    """--size below MIN_INPUT_SIZE had failed in SPANet's forward, a non-image with a bare
+    ``cv2.error ... !_src.empty()``, a file as --out-dir with FileExistsError, --device cuda
+    without CUDA deep in torch: each one error line, before the model is built."""
+    import torch
+    tool = load_tool(PLOT)
+    tool.build_model = no_inference
+    out = str(tmp_path / 'plots')
+    argv = [DEMO_CLS, 'none', '--img', photo(), '--out-dir', out]
+    assert usage_error(tool.main, argv + ['--size', '16'], capsys).endswith(
+        "argument --size: '16': the image side must be an integer >= 32 (SPANet downsamples "
+        'by 32)')
+    (tmp_path / 'file').write_text('')
+    for out_dir in (tmp_path / 'file', tmp_path / 'file' / 'sub'):
+        assert usage_error(tool.main, argv + ['--out-dir', str(out_dir)], capsys).endswith(
+            f'argument --out-dir: {tmp_path / "file"} is a file, not a folder; give a folder '
+            '(it is made if missing)')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert usage_error(tool.main, argv + ['--device', 'cuda'], capsys).endswith(
+        'argument --device: cuda: torch.cuda.is_available() is False here (no CUDA GPU or '
+        'driver, or a CPU-only torch); use --device cpu')
+    bad = not_an_image(tmp_path)
+    with pytest.raises(SystemExit, match=f'error: cannot read {bad} as an image'):
+        tool.main([DEMO_CLS, 'none', '--img', bad, '--out-dir', out])
+    assert not osp.exists(out)
+
+
+def test_image_demo_refuses_bad_options_before_the_model(tmp_path, capsys, monkeypatch):
+    """A non-image had failed with a ValueError traceback in the inferencer, --device cuda
+    without CUDA deep in torch, a file as --out-dir with FileExistsError/NotADirectoryError."""
+    import torch
+    tool = load_tool(IMAGE_DEMO)
+    tool.TASKS = dict.fromkeys(tool.TASKS, no_inference)
+    out = str(tmp_path / 'd')
+    bad = not_an_image(tmp_path)
+    with pytest.raises(SystemExit, match=f'error: cannot read {bad} as an image'):
+        tool.main([DEMO_CLS, '--img', bad, '--out-dir', out])
+    (tmp_path / 'file').write_text('')
+    for out_dir in (tmp_path / 'file', tmp_path / 'file' / 'sub'):
+        assert usage_error(tool.main, [DEMO_CLS, '--out-dir', str(out_dir)], capsys).endswith(
+            f'argument --out-dir: {tmp_path / "file"} is a file, not a folder; give a folder '
+            '(it is made if missing)')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert usage_error(tool.main, [DEMO_CLS, '--out-dir', out, '--device', 'cuda:0'],
+                       capsys).endswith('argument --device: cuda:0: torch.cuda.is_available() '
+                                        'is False here (no CUDA GPU or driver, or a CPU-only '
+                                        'torch); use --device cpu')
+    assert not osp.exists(out)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('config', [DEMO_CLS, DEMO_DET, DEMO_SEG],
                          ids=['mmpretrain', 'mmdet', 'mmseg'])

@@ -143,6 +143,58 @@ def test_export_refuses_to_write_over_its_input(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['cls.pth', 'config_link.py']
 
 
+def usage_error(main, argv, capsys) -> str:
+    """What argparse prints for a refused option (exit 2, one ``error:`` line)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    assert excinfo.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize('option, value, message', [
+    ('--shape', ['16', '16'], "argument --shape: '16': an input side (SPANet downsamples by 32) "
+     'must be an integer >= 32'),
+    ('--verify-shape', ['64', '8'], "argument --verify-shape: '8': an input side"),
+    ('--batch', ['0'], "argument --batch: '0': the batch must be an integer >= 1"),
+    ('--opset', ['5'], "argument --opset: '5': the opset must be an integer in 9..{max}"),
+    ('--opset', ['8'], "argument --opset: '8': the opset must be an integer in 9..{max}"),
+    ('--opset', ['{over}'], "argument --opset: '{over}': the opset must be an integer in 9..{max}"),
+])
+def test_export_refuses_numeric_options_out_of_range(option, value, message, tmp_path, capsys):
+    """Each had failed after the model was built: SPANet's forward (a side < 32), torch.onnx
+    (batch 0; opset 8 lacks the spectral pooling's arange, the installed torch writes up to
+    MAX_OPSET, 23 in torch 2.14)."""
+    tool = load_tool('tools/deployment/pytorch2onnx.py')
+    fmt = dict(max=tool.MAX_OPSET, over=tool.MAX_OPSET + 1)
+    value = [v.format(**fmt) for v in value]
+    argv = [CLS_CONFIG, 'c.pth', str(tmp_path / 'x.onnx'), option] + value
+    assert message.format(**fmt) in usage_error(tool.main, argv, capsys)
+    assert tool.parse_args(argv[:3] + ['--opset', str(tool.MAX_OPSET), '--shape', '32', '32',
+                                       '--batch', '1']).opset == tool.MAX_OPSET
+
+
+def test_export_refuses_a_missing_config_and_a_folder_as_output(tmp_path):
+    """A missing config had been a FileNotFoundError traceback, a folder as the output an
+    IsADirectoryError (os.replace, after the export), a file on the output's path a
+    FileExistsError (os.makedirs): one ERROR line each, before the model is built."""
+    tool = load_tool('tools/deployment/pytorch2onnx.py')
+    (tmp_path / 'out').mkdir()
+    (tmp_path / 'file').write_text('')
+    for argv, message in (
+            ([str(tmp_path / 'nope.py'), 'c.pth', str(tmp_path / 'x.onnx')],
+             f'ERROR: config {tmp_path / "nope.py"} not found.'),
+            ([CLS_CONFIG, 'c.pth', str(tmp_path / 'out')],
+             f'ERROR: the output {tmp_path / "out"} is a folder; give the path of an .onnx file'),
+            ([CLS_CONFIG, 'c.pth', str(tmp_path / 'file' / 'x.onnx')],
+             f'ERROR: {tmp_path / "file"} is a file, so the output')):
+        with pytest.raises(SystemExit) as excinfo:
+            tool.main(argv)
+        assert str(excinfo.value.code).startswith(message), excinfo.value.code
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file', 'out']
+    assert not any((tmp_path / 'out').iterdir())
+
+
 def test_get_flops_matches_paper():
     from tools.analysis.get_flops import build, count
     model, backbone, is_classifier = build(
@@ -250,6 +302,47 @@ def test_get_flops_cli_shape_and_errors(capsys):
     assert '--shape takes one or two integers' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('shape', [['16'], ['0'], ['-64'], ['64', '31']])
+def test_get_flops_refuses_inputs_below_spanets_minimum(shape, capsys):
+    """Had failed in SPANet's forward, after the model was built (MIN_INPUT_SIZE, 32)."""
+    main = load_tool('tools/analysis/get_flops.py').main
+    err = usage_error(main, [CLS_CONFIG, '--shape'] + shape, capsys)
+    assert err.endswith(f"argument --shape: {shape[-1]!r}: an input side must be an integer "
+                        '>= 32 (SPANet downsamples by 32), e.g. --shape 224 or --shape 512 512')
+
+
+def test_get_flops_refuses_another_backbone_and_a_missing_config(tmp_path):
+    """A ResNet config had failed with ``TypeError: ResNet.__init__() got an unexpected keyword
+    argument 'spectral_impl'`` (the tool's SPANet options), a missing one with a
+    FileNotFoundError traceback: now the tools' own errors (one ERROR line under run_tool)."""
+    from spanet_mm.apis import NotSPANetError
+    from spanet_mm.engine.launch import ToolOptionError
+    main = load_tool('tools/analysis/get_flops.py').main
+    resnet = tmp_path / 'resnet.py'
+    resnet.write_text("_base_ = ['mmpretrain::resnet/resnet18_8xb32_in1k.py']\n")
+    with pytest.raises(NotSPANetError, match=f'{resnet}: the backbone is ResNet, not SPANet.'):
+        main([str(resnet)])
+    with pytest.raises(ToolOptionError, match="Config '.*nope.py' not found"):
+        main([str(tmp_path / 'nope.py')])
+
+
+def test_get_flops_counts_with_the_backbones_in_channels(tmp_path, capsys):
+    """The input had 3 channels whatever the config (SPANet refused a 1-channel model's input:
+    "the input has 3 channels"); only the stem conv differs from the 3-channel count."""
+    gray = tmp_path / 'gray.py'
+    gray.write_text(f"_base_ = ['{CLS_CONFIG}']\nmodel = dict(backbone=dict(in_channels=1))\n")
+    out = get_flops_main([str(gray), '--shape', '64'], capsys, str(gray))
+    assert out.startswith(f'{gray}  input 1x1x64x64, classifier')
+    rgb = get_flops_main([CLS_CONFIG, '--shape', '64'], capsys, CLS_CONFIG)
+
+    def trainable(text):
+        import re
+        return int(re.search(r'trainable parameters: +([\d,]+)', text).group(1).replace(',', ''))
+
+    stem_out = init_model(CLS_CONFIG).backbone.embed_dims[0]
+    assert trainable(rgb) - trainable(out) == stem_out * 2 * 7 * 7  # the 7x7 stem conv
+
+
 @pytest.mark.slow  # builds and counts the five ImageNet variants
 def test_get_flops_all_table_matches_paper(capsys):
     lines = get_flops_main(['--all'], capsys, '| variant |').strip().splitlines()
@@ -318,15 +411,17 @@ def test_benchmark_isolate_times_each_model_and_mode_in_a_process_of_its_own(tmp
 
 
 @pytest.mark.slow
-def test_benchmark_isolate_reports_a_failing_worker(tmp_path):
-    """A worker's error reaches the user with its traceback (and nothing waits forever)."""
-    proc = run_python(
-        osp.join(REPO_ROOT, 'tools', 'analysis', 'benchmark.py'), '--models', 'spanet-s',
-        '--modes', 'forward', '--batch', '1', '--size', '16', '--repeats', '1', '--warmup', '0',
-        '--threads', '1', '--no-memory', '--isolate', timeout=120)
-    assert proc.returncode != 0
-    assert 'benchmark worker of spanet-s failed' in proc.stderr, proc.stderr[-3000:]
-    assert 'SPANet needs inputs of at least 32x32' in proc.stderr, proc.stderr[-3000:]
+def test_benchmark_isolate_reports_a_failing_worker():
+    """A worker's error reaches the user with its traceback (and nothing waits forever). The
+    failure: a 16x16 input, which the command line refuses (--size), so set on the args."""
+    from tools.analysis.benchmark import IsolatedRunner
+    args = argparse.Namespace(device='cpu', batch=1, size=[16, 16], channels_last=False,
+                              dtype='float32', threads=1)
+    runner = IsolatedRunner('spanet-s', args)
+    with pytest.raises(RuntimeError, match='benchmark worker of spanet-s failed') as excinfo:
+        runner.time('forward')
+    assert 'SPANet needs inputs of at least 32x32' in str(excinfo.value)
+    assert 'Traceback' in str(excinfo.value)
 
 
 @pytest.mark.slow
@@ -360,6 +455,22 @@ def test_benchmark_compile_flag_adds_the_forward_compile_mode():
     assert parse_args(['--modes', 'forward', '--compile']).modes == ['forward', 'forward_compile']
     assert parse_args(['--modes', 'forward_compile', 'forward', '--compile']).modes == [
         'forward_compile', 'forward']  # listed already: not added twice
+
+
+@pytest.mark.parametrize('option, value, minimum', [
+    ('--size', '0', 32), ('--size', '16', 32), ('--batch', '0', 1), ('--repeats', '0', 1),
+    ('--warmup', '-1', 0)])
+def test_benchmark_refuses_numbers_out_of_range(option, value, minimum, capsys):
+    """--repeats 0 (or --batch 0) had run and exited 0 without a timing, --size below
+    SPANet's MIN_INPUT_SIZE failed in a forward, --warmup -1 dropped a timed round."""
+    tool = load_tool(BENCHMARK)
+
+    def no_model(*args):
+        raise AssertionError('a model was built although the option was to be refused')
+
+    tool.Runner = tool.IsolatedRunner = no_model
+    err = usage_error(tool.main, ['--models', 'spanet-s', option, value], capsys)
+    assert f'argument {option}: {value!r}: must be an integer >= {minimum} (' in err, err
 
 
 def table_cells(lines):

@@ -63,6 +63,8 @@ except ImportError:
 
 import torch
 
+from spanet_mm.models.backbones.spanet import MIN_INPUT_SIZE
+
 SPANET_ARCHS = ('s', 'm', 'mx', 'b', 'bx')
 DEFAULT_MODELS = ['spanet-s', 'spanet-s-fft', 'spanet-m', 'spanet-m-fft', 'spanet-b',
                   'spanet-b-fft', 'convnext-t', 'poolformer-s24']
@@ -98,14 +100,26 @@ def build_model(name: str) -> torch.nn.Module:
     raise ValueError(f'Unknown model {name!r}; choose from {available_models()}.')
 
 
+def at_least(minimum: int, why: str) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``minimum``. Below it the run had failed in a
+    model's forward (a side < MIN_INPUT_SIZE), ended at exit 0 with no timing (a batch or
+    repeats of 0) or dropped timed rounds (a negative warm-up)."""
+    def parse(value: str) -> int:
+        if not value.lstrip('-').isdigit() or int(value) < minimum:
+            raise argparse.ArgumentTypeError(f'{value!r}: must be an integer >= {minimum} ({why})')
+        return int(value)
+    return parse
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Interleaved throughput / peak-memory benchmark of SPANet and baselines.')
     parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS,
                         help=f'models to run, from {available_models()}')
-    parser.add_argument('--batch', type=int, default=8, help='batch size')
-    parser.add_argument('--size', type=int, nargs='+', default=[224],
-                        help='input size: S (square) or H W')
+    parser.add_argument('--batch', type=at_least(1, 'images per step'), default=8,
+                        help='batch size')
+    parser.add_argument('--size', type=at_least(MIN_INPUT_SIZE, 'the models downsample by 32'),
+                        nargs='+', default=[224], help='input size: S (square) or H W')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: torch default)')
     parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
@@ -113,9 +127,10 @@ def parse_args(argv=None):
                         help='channels_last inputs and models (all models)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='float32',
                         help='float32, or autocast to bfloat16 / float16')
-    parser.add_argument('--repeats', type=int, default=5,
+    parser.add_argument('--repeats', type=at_least(1, 'timed rounds'), default=5,
                         help='timed rounds (each runs every model once); the median is reported')
-    parser.add_argument('--warmup', type=int, default=1, help='untimed rounds first')
+    parser.add_argument('--warmup', type=at_least(0, 'untimed rounds'), default=1,
+                        help='untimed rounds first')
     parser.add_argument('--modes', nargs='+', choices=MODES, default=['forward', 'train'],
                         help='forward / train: in --dtype; forward_bf16 / train_bf16: under '
                         'bfloat16 autocast (whatever --dtype), forward_bf16 also reports the '

@@ -29,16 +29,29 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
+from spanet_mm.models.backbones.spanet import MIN_INPUT_SIZE
+
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 VARIANTS = ('s', 'm', 'mx', 'b', 'bx')
 
 
+def input_size(value: str) -> int:
+    """``--shape``: SPANet's stride-32 last stage needs a side of at least MIN_INPUT_SIZE (a
+    smaller one would fail in the forward, after the model is built)."""
+    if not value.isdigit() or int(value) < MIN_INPUT_SIZE:
+        raise argparse.ArgumentTypeError(
+            f'{value!r}: an input side must be an integer >= {MIN_INPUT_SIZE} (SPANet '
+            'downsamples by 32), e.g. --shape 224 or --shape 512 512')
+    return int(value)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Parameters and MACs of a SPANet config.')
     parser.add_argument('config', nargs='?', help='config file (not needed with --all)')
-    parser.add_argument('--shape', type=int, nargs='+', default=[224],
-                        help='input size: S (square) or H W (default 224)')
+    parser.add_argument('--shape', type=input_size, nargs='+', default=[224],
+                        help=f'input size: S (square) or H W, each >= {MIN_INPUT_SIZE} '
+                        '(default 224)')
     parser.add_argument('--all', action='store_true',
                         help='markdown table of configs/classification/spanet_{s,m,mx,b,bx}')
     args = parser.parse_args(argv)
@@ -57,10 +70,17 @@ def build(config: str):
     Classification configs count the classifier (backbone, neck, head), the others the
     backbone. Built by :func:`spanet_mm.apis.init_model`, without pretrained weights.
     """
-    from spanet_mm.apis import init_model, spanet_backbone
+    from spanet_mm.apis import NotSPANetError, init_model, spanet_backbone
+    from spanet_mm.engine.launch import load_config
 
-    model = init_model(config, cfg_options={'model.backbone.spectral_impl': 'fft',
-                                            'model.backbone.init_cfg': None})
+    cfg = load_config(config)  # a missing file: ToolOptionError (one ERROR line)
+    # The options below are SPANet's: another backbone would fail on them with a TypeError.
+    kind = (cfg.model.get('backbone') or {}).get('type')
+    name = getattr(kind, '__name__', str(kind))
+    if name.split('.')[-1] != 'SPANet':
+        raise NotSPANetError(f'{config}: the backbone is {name}, not SPANet.')
+    model = init_model(cfg, cfg_options={'model.backbone.spectral_impl': 'fft',
+                                         'model.backbone.init_cfg': None})
     backbone = spanet_backbone(model, config)
     if type(model).__name__ == 'ImageClassifier':
         return model, backbone, True
@@ -105,7 +125,7 @@ def count(model: nn.Module, backbone: nn.Module, is_classifier: bool, shape) -> 
         elif isinstance(module, SpectralPoolingMixer):
             handles.append(module.register_forward_hook(mixer_hook))
     model.eval()
-    x = torch.zeros(1, 3, *shape)
+    x = torch.zeros(1, backbone.in_channels, *shape)  # the config's channels, not always 3
     # Every submodule runs as a module in every mode (tests/test_models/test_layers/test_spam_modes.py).
     with torch.no_grad():
         if is_classifier:
@@ -132,7 +152,7 @@ def report(config: str, shape) -> Dict:
     what = 'classifier (backbone + neck + head)' if is_classifier else 'backbone'
     g = 1e9
     macs = result['macs']
-    print(f'{config}  input 1x3x{shape[0]}x{shape[1]}, {what}')
+    print(f'{config}  input 1x{backbone.in_channels}x{shape[0]}x{shape[1]}, {what}')
     print(f'  trainable parameters:            {result["params_trainable"]:,}')
     print(f'  backbone parameters:             {result["params_backbone"]:,}')
     print(f'  parameters with fixed filters:   {result["params_model"] + result["params_filters"]:,}'

@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import spanet_mm  # noqa: F401,E402
+from spanet_mm.models.backbones.spanet import MIN_INPUT_SIZE  # noqa: E402
 from spanet_mm.models.layers.spectral_pooling import (SPECTRAL_LAMBDAS,  # noqa: E402
                                                       spectral_filter)
 
@@ -40,15 +41,48 @@ DEFAULT_MEAN = [123.675, 116.28, 103.53]
 DEFAULT_STD = [58.395, 57.12, 57.375]
 
 
+def input_size(value: str) -> int:
+    """``--size``: SPANet's forward refuses a side below MIN_INPUT_SIZE (a traceback, after the
+    model is built)."""
+    if not value.isdigit() or int(value) < MIN_INPUT_SIZE:
+        raise argparse.ArgumentTypeError(
+            f'{value!r}: the image side must be an integer >= {MIN_INPUT_SIZE} (SPANet '
+            'downsamples by 32)')
+    return int(value)
+
+
+def device(value: str) -> str:
+    """``--device``: one this machine has (else the model fails to move, with a traceback)."""
+    if value.startswith('cuda') and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f'{value}: torch.cuda.is_available() is False here (no CUDA GPU or driver, or a '
+            'CPU-only torch); use --device cpu')
+    return value
+
+
+def out_folder(path: str) -> str:
+    """``--out-dir``: a folder, or a path where one can be made: neither it nor the first of
+    its parents that exists may be a file (os.makedirs would fail with a traceback)."""
+    existing = osp.abspath(path)
+    while not osp.lexists(existing):
+        existing = osp.dirname(existing)
+    if not osp.isdir(existing):
+        raise argparse.ArgumentTypeError(f'{existing} is a file, not a folder; give a folder '
+                                         '(it is made if missing)')
+    return path
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='SPANet config (classification, detection or segmentation)')
     parser.add_argument('checkpoint', help="checkpoint file, or 'none' for the config's init")
     parser.add_argument('--img', required=True, help='input image')
-    parser.add_argument('--out-dir', required=True, help='folder for the PNG figures')
-    parser.add_argument('--size', type=int, default=224,
-                        help='the image is resized to SIZE x SIZE (default 224)')
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--out-dir', type=out_folder, required=True,
+                        help='folder for the PNG figures')
+    parser.add_argument('--size', type=input_size, default=224,
+                        help=f'the image is resized to SIZE x SIZE, SIZE >= {MIN_INPUT_SIZE} '
+                        '(default 224)')
+    parser.add_argument('--device', type=device, default='cpu')
     return parser.parse_args(argv)
 
 
@@ -69,11 +103,21 @@ def build_model(config: str, checkpoint: str, device: str):
     return spanet_backbone(model, config), mean, std
 
 
-def load_image(path: str, size: int, mean, std) -> torch.Tensor:
+def read_image(path: str) -> np.ndarray:
+    """The RGB image, or one error line: mmcv.imread returns None for a file OpenCV cannot
+    decode in BGR (in RGB it fails with a bare ``cv2.error: !_src.empty()``)."""
     import mmcv
-    img = mmcv.imread(path, channel_order='rgb')
+    if not osp.isfile(path):
+        raise SystemExit(f'error: image {path} not found.')
+    img = mmcv.imread(path)
     if img is None:
-        raise SystemExit(f'error: cannot read image {path}.')
+        raise SystemExit(f'error: cannot read {path} as an image (OpenCV cannot decode it); '
+                         'give a JPEG, PNG or other image file.')
+    return mmcv.bgr2rgb(img)
+
+
+def load_image(img: np.ndarray, size: int, mean, std) -> torch.Tensor:
+    import mmcv
     img = mmcv.imresize(img, (size, size)).astype(np.float32)
     img = (img - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(img).permute(2, 0, 1)[None]
@@ -191,10 +235,9 @@ def plot_spectra(feats, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not osp.isfile(args.img):
-        raise SystemExit(f'error: image {args.img} not found.')
+    img = read_image(args.img)  # before the model is built
     backbone, mean, std = build_model(args.config, args.checkpoint, args.device)
-    x = load_image(args.img, args.size, mean, std).to(args.device)
+    x = load_image(img, args.size, mean, std).to(args.device)
     feats = stage_features(backbone, x)
     os.makedirs(args.out_dir, exist_ok=True)
     filters = plot_filters(backbone, feats, osp.join(args.out_dir, 'spectral_filters.png'))

@@ -25,17 +25,42 @@ import os
 import os.path as osp
 import sys
 import tempfile
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from spanet_mm.models.backbones.spanet import MIN_INPUT_SIZE
+
 OPSET = 17
+# The opsets this export runs at: from 9 (the FFT-free spectral pooling's arange; torch.onnx
+# itself starts at 7) to the newest the installed torch.onnx writes (23 in torch 2.14; the
+# constant is private, hence the fallback). Outside, torch.onnx fails with a traceback.
+MIN_OPSET = 9
+try:
+    from torch.onnx._constants import ONNX_MAX_OPSET as MAX_OPSET
+except ImportError:
+    MAX_OPSET = OPSET
 
 
 class ExportError(RuntimeError):
     """The model could not be exported or the exported model does not match PyTorch."""
+
+
+def in_range(what: str, low: int, high: Optional[int] = None):
+    """An argparse ``type``: an integer in ``[low, high]`` (else the export fails deep in
+    torch.onnx or in SPANet's forward, with a traceback)."""
+    def parse(value: str) -> int:
+        number = int(value) if value.lstrip('-').isdigit() else None
+        if number is None or number < low or (high is not None and number > high):
+            bound = f'>= {low}' if high is None else f'in {low}..{high}'
+            raise argparse.ArgumentTypeError(f'{value!r}: {what} must be an integer {bound}')
+        return number
+    return parse
+
+
+SIDE = in_range('an input side (SPANet downsamples by 32)', MIN_INPUT_SIZE)
 
 
 def parse_args(argv=None):
@@ -43,15 +68,17 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint of the config\'s model')
     parser.add_argument('output', help='output .onnx file')
-    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224], metavar=('H', 'W'),
+    parser.add_argument('--shape', type=SIDE, nargs=2, default=[224, 224], metavar=('H', 'W'),
                         help='input height and width (default 224 224)')
-    parser.add_argument('--batch', type=int, default=1, help='batch size of the example input')
+    parser.add_argument('--batch', type=in_range('the batch', 1), default=1,
+                        help='batch size of the example input')
     parser.add_argument('--dynamic', action='store_true',
                         help='dynamic batch, height and width axes')
-    parser.add_argument('--opset', type=int, default=OPSET, help=f'ONNX opset (default {OPSET})')
+    parser.add_argument('--opset', type=in_range('the opset', MIN_OPSET, MAX_OPSET), default=OPSET,
+                        help=f'ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {OPSET})')
     parser.add_argument('--atol', type=float, default=1e-4,
                         help='max abs difference to PyTorch accepted (default 1e-4)')
-    parser.add_argument('--verify-shape', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--verify-shape', type=SIDE, nargs=2, metavar=('H', 'W'),
                         help='second input size checked with --dynamic (default: shape + 32 '
                         'rows, shape - 32 + 5 columns)')
     return parser.parse_args(argv)
@@ -112,10 +139,23 @@ def verify(path: str, model: nn.Module, inputs: Sequence[torch.Tensor], atol: fl
     return worst
 
 
-def refuse_output_over_input(args) -> None:
-    """The output path must not be the checkpoint or the config (also through a symlink or hard
-    link): the ONNX file, renamed into place, would replace it."""
+def check_paths(args) -> None:
+    """The config must exist (else a FileNotFoundError traceback). The output must not be a
+    folder or lie under a file (os.replace and os.makedirs would fail after the export), nor be
+    the checkpoint or the config (also through a symlink or hard link): the ONNX file, renamed
+    into place, would replace it."""
     from spanet_mm.engine.launch import ToolOptionError
+    if not osp.isfile(args.config):
+        raise ToolOptionError(f'config {args.config} not found.')
+    if osp.isdir(args.output):
+        raise ToolOptionError(f'the output {args.output} is a folder; give the path of an .onnx '
+                              f'file, e.g. {osp.join(args.output, "model.onnx")}.')
+    parent = osp.dirname(osp.abspath(args.output))
+    while not osp.lexists(parent):  # the first folder on the way that exists
+        parent = osp.dirname(parent)
+    if not osp.isdir(parent):  # os.makedirs would fail (FileExistsError, NotADirectoryError)
+        raise ToolOptionError(f'{parent} is a file, so the output {args.output} cannot be '
+                              'written under it; give an .onnx path in a folder.')
     for name in ('checkpoint', 'config'):
         src = getattr(args, name)
         if osp.realpath(args.output) == osp.realpath(src) or (
@@ -126,7 +166,7 @@ def refuse_output_over_input(args) -> None:
 
 
 def export(args) -> float:
-    refuse_output_over_input(args)  # before anything is read or written
+    check_paths(args)  # before anything is read or written
     model, output_names = build_model(args.config, args.checkpoint)
     height, width = args.shape
     torch.manual_seed(0)
