@@ -12,8 +12,9 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from spanet_mm.engine.launch import (check_data, enable_amp, enable_auto_scale_lr, get_scope,
-                                     load_config, run_tool, set_launcher, set_work_dir)
+from spanet_mm.engine.launch import (check_data, disable_dataloader_options, enable_amp,
+                                     enable_auto_scale_lr, get_scope, load_config, run_tool,
+                                     set_launcher, set_work_dir)
 
 
 def parse_args(argv=None):
@@ -25,6 +26,17 @@ def parse_args(argv=None):
         help='resume from this checkpoint; without a path, from the latest checkpoint in '
         'the work dir')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    # mmpretrain's three flags: they mean the same to mmengine's Runner for all three tasks.
+    parser.add_argument(
+        '--no-validate', action='store_true',
+        help='no validation during training, any task (val_cfg, val_dataloader, val_evaluator = '
+        'None, as mmpretrain\'s tool)')
+    parser.add_argument(
+        '--no-pin-memory', action='store_true',
+        help='pin_memory=False in the train, val and test dataloaders, any task')
+    parser.add_argument(
+        '--no-persistent-workers', action='store_true',
+        help='persistent_workers=False in the train, val and test dataloaders, any task')
     parser.add_argument(
         '--auto-scale-lr', action='store_true',
         help='scale the lr by (actual total batch) / auto_scale_lr.base_batch_size')
@@ -53,7 +65,12 @@ def main(argv=None):
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
-    check_data(cfg, scope, ['train', 'val'])
+    if args.no_validate:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    disable_dataloader_options(cfg, ['train', 'val', 'test'], [
+        option for option, off in [('pin_memory', args.no_pin_memory),
+                                   ('persistent_workers', args.no_persistent_workers)] if off])
+    check_data(cfg, scope, ['train'] if args.no_validate else ['train', 'val'])
 
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.train()

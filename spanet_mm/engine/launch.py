@@ -4,7 +4,8 @@
 Run policy (hooks, dataloader settings) lives in the configs, so that the toolboxes' own tools
 run a config as ours do. What is left for a tool is the command line: checked
 ``--cfg-options``, the work dir, the launcher (with the CPU-only DDP set-up of
-:mod:`.cpu`), ``--amp`` (CUDA or CPU mixed precision), pre-flight dataset checks, and ending
+:mod:`.cpu`), ``--amp`` (CUDA or CPU mixed precision), ``--no-pin-memory`` /
+``--no-persistent-workers``, pre-flight dataset checks, and ending
 the process: a :class:`~spanet_mm.errors.UserError` as one ``ERROR:`` line, a finished
 distributed run torn down deterministically.
 """
@@ -163,6 +164,15 @@ def enable_auto_scale_lr(cfg: Config) -> None:
             '--auto-scale-lr needs `auto_scale_lr = dict(base_batch_size=N)` (the total batch '
             'the lr was set for) in the config.')
     cfg.auto_scale_lr.enable = True
+
+
+def disable_dataloader_options(cfg: Config, phases: Sequence[str],
+                               options: Sequence[str]) -> None:
+    """``--no-pin-memory`` / ``--no-persistent-workers``: each of ``options`` ``False`` in the
+    ``<phase>_dataloader`` of each phase the config has, as mmpretrain's tools set them."""
+    for phase in phases:
+        if cfg.get(f'{phase}_dataloader') is not None:
+            cfg[f'{phase}_dataloader'].update({option: False for option in options})
 
 
 def check_data(cfg: Config, scope: str, phases: Sequence[str]) -> None:

@@ -191,18 +191,22 @@ def test_resume_auto(workspace):
 
 def test_train_amp_on_cpu(workspace):
     """--amp without CUDA: the run's config has CPUAmpOptimWrapper (the config the Runner
-    dumps into the work dir, which it built its optimizer wrapper from) and the epoch ends."""
+    dumps into the work dir, which it built its optimizer wrapper from) and the epoch ends.
+    With --no-validate the Runner has no val loop (and the config's hooks run without one)."""
     from mmengine.config import Config
     config = osp.join(CONFIGS, DEMO['cls']['config'])
     work_dir = workspace / 'work_dirs' / 'cls_amp'
-    check_ok(run([PYTHON, osp.join(TOOLS, 'train.py'), config, '--work-dir', str(work_dir),
-                  '--amp', '--cfg-options', 'train_cfg.max_epochs=1',
-                  'train_dataloader.dataset.indices=16', 'val_dataloader.dataset.indices=4'],
-                 cwd=workspace))
+    result = run([PYTHON, osp.join(TOOLS, 'train.py'), config, '--work-dir', str(work_dir),
+                  '--amp', '--no-validate', '--cfg-options', 'train_cfg.max_epochs=1',
+                  'train_cfg.val_interval=1', 'train_dataloader.dataset.indices=16',
+                  'val_dataloader.dataset.indices=4'], cwd=workspace)
+    check_ok(result)
     dumped = Config.fromfile(str(work_dir / osp.basename(config)))
     assert dumped.optim_wrapper.type == ('AmpOptimWrapper' if torch.cuda.is_available()
                                          else 'CPUAmpOptimWrapper')
+    assert dumped.val_dataloader is None and dumped.val_cfg is None
     assert osp.isfile(work_dir / 'epoch_1.pth')
+    assert 'Epoch(val)' not in result.stdout + result.stderr
 
 
 def _free_port():
