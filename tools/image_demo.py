@@ -37,7 +37,7 @@ from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import spanet_mm  # noqa: F401  registers SPANet, loads Runner checkpoints safely
-from spanet_mm.checkpoint import check_state_dict
+from spanet_mm.checkpoint import CheckpointMismatchError, check_state_dict
 from spanet_mm.engine.launch import ToolOptionError
 
 # What this tool writes into a config's folder: the only entries a re-run may delete.
@@ -221,7 +221,13 @@ def main(argv=None):
         shutil.rmtree(tmp_dir, ignore_errors=True)
         os.makedirs(osp.join(tmp_dir, 'vis'))
         try:
-            summary = TASKS[scope](cfg, checkpoint, img, tmp_dir, args.device, args.score_thr)
+            try:
+                summary = TASKS[scope](cfg, checkpoint, img, tmp_dir, args.device, args.score_thr)
+            except CheckpointMismatchError as err:  # SPANet's own load check names no file
+                if checkpoint in str(err):
+                    raise
+                raise CheckpointMismatchError(f'{checkpoint} does not fit the model: {err}') \
+                    from None
             with open(osp.join(tmp_dir, 'pred.json'), 'w') as f:
                 json.dump(dict(config=config, checkpoint=checkpoint, image=img, **summary), f,
                           indent=1)

@@ -473,9 +473,13 @@ class SPANet(BaseModule):
         own = self.state_dict()
         fit = compare_state_dicts(own, given, allowed_missing=(OUTPUT_NORM, ))
         if given and (fit.mismatched or fit.unexpected):
-            fix = ('this model is in its deploy form, whose keys differ: load the weights '
-                   'before switch_to_deploy(), or use a checkpoint of this arch' if self.deploy
-                   else 'use the checkpoint of this arch, or the config it was trained with')
+            if self.deploy:
+                fix = ('this model is in its deploy form, whose keys differ: load the weights '
+                       'before switch_to_deploy(), or use a checkpoint of this arch')
+            elif not fit.fitting and not fit.mismatched:
+                fix = 'none of them is a SPANet tensor: they are weights of another model'
+            else:
+                fix = 'use the checkpoint of this arch, or the config it was trained with'
             raise CheckpointMismatchError(
                 f'These weights do not fit this SPANet (arch {self.arch}'
                 f'{", deploy form" if self.deploy else ""}): '
