@@ -20,22 +20,32 @@ def main(socket_path: str) -> None:
             os.fstat(fd)
         except OSError:
             os.dup2(os.open(os.devnull, os.O_RDWR), fd)
+    # Forwarding is set up before the child exists: the child may run (and print, e.g.
+    # "ready") before the server's answer names its pid, and a signal sent to this process in
+    # between must not be lost (nor kill this process alone, leaving the child running).
+    child = {}
+    pending = []
+
+    def forward(signum, _frame):
+        if 'pid' not in child:
+            pending.append(signum)
+            return
+        try:
+            os.kill(child['pid'], signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(socket_path)
     request = dict(args=sys.argv[1:], cwd=os.getcwd(), env=dict(os.environ))
     sock.sendmsg([json.dumps(request).encode() + b'\n'],
                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [0, 1, 2]))])
     answers = sock.makefile('rb')
-    pid = json.loads(answers.readline())['pid']
-
-    def forward(signum, _frame):
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in FORWARDED:
-        signal.signal(signum, forward)
+    child['pid'] = json.loads(answers.readline())['pid']
+    for signum in pending:  # those that came before the pid
+        forward(signum, None)
     line = answers.readline()
     if not line:
         sys.exit('forked_python: the fork server went away')
