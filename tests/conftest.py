@@ -36,6 +36,15 @@ def generate_demo_data(out) -> str:
     return str(out)
 
 
+def usage_error(main, argv, capsys) -> str:
+    """What argparse prints for a refused option (exit 2, one ``error:`` line)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    assert excinfo.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def convert_official_file(src, dst) -> str:
     """``tools/model_converters/spanet_official_to_mm.py SRC DST`` in-process (the tool's
     ``main``; its failures as a process are tested in test_conversion.py)."""

@@ -32,13 +32,12 @@ import os.path as osp
 import shutil
 
 import numpy as np
-import torch
 from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import spanet_mm  # noqa: F401  registers SPANet, loads Runner checkpoints safely
 from spanet_mm.checkpoint import CheckpointMismatchError, check_state_dict
-from spanet_mm.engine.launch import ToolOptionError
+from spanet_mm.engine.launch import ToolOptionError, device_option, folder_option
 
 # What this tool writes into a config's folder: the only entries a re-run may delete.
 OWN_OUTPUTS = {'pred.json': osp.isfile, 'vis': osp.isdir, 'pred': osp.isdir}
@@ -49,27 +48,6 @@ def default_image() -> str:
     return cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
 
 
-def device(value: str) -> str:
-    """``--device``: one this machine has (else the inferencer fails with a traceback)."""
-    if value.startswith('cuda') and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(
-            f'{value}: torch.cuda.is_available() is False here (no CUDA GPU or driver, or a '
-            'CPU-only torch); use --device cpu')
-    return value
-
-
-def out_folder(path: str) -> str:
-    """``--out-dir``: a folder, or a path where one can be made: neither it nor the first of
-    its parents that exists may be a file (os.makedirs would fail with a traceback)."""
-    existing = osp.abspath(path)
-    while not osp.lexists(existing):
-        existing = osp.dirname(existing)
-    if not osp.isdir(existing):
-        raise argparse.ArgumentTypeError(f'{existing} is a file, not a folder; give a folder '
-                                         '(it is made if missing)')
-    return path
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('configs', nargs='+', help='SPANet config(s) of any of the three tasks')
@@ -77,8 +55,8 @@ def parse_args(argv=None):
                         help="one checkpoint per config ('none' for random weights); "
                         'default: random weights for all')
     parser.add_argument('--img', default=None, help='input image (default: Grace Hopper)')
-    parser.add_argument('--out-dir', type=out_folder, default='work_dirs/image_demo')
-    parser.add_argument('--device', type=device, default='cpu')
+    parser.add_argument('--out-dir', type=folder_option, default='work_dirs/image_demo')
+    parser.add_argument('--device', type=device_option, default='cpu')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: draw boxes above this score')
     return parser.parse_args(argv)

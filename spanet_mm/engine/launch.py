@@ -9,6 +9,7 @@ run a config as ours do. What is left for a tool is the command line: checked
 the process: a :class:`~spanet_mm.errors.UserError` as one ``ERROR:`` line, a finished
 distributed run torn down deterministically.
 """
+import argparse
 import difflib
 import gc
 import os
@@ -50,6 +51,29 @@ class ToolOptionError(UserError, ValueError):
 
 class ConfigKeyError(UserError, ValueError):
     """A ``--cfg-options`` key that the config does not have and nothing reads."""
+
+
+def device_option(value: str) -> str:
+    """argparse ``type`` of a tool's ``--device``: one this machine has (else moving the model
+    fails with a traceback, after it is built)."""
+    if value.startswith('cuda') and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f'{value}: torch.cuda.is_available() is False here (no CUDA GPU or driver, or a '
+            'CPU-only torch); use --device cpu')
+    return value
+
+
+def folder_option(path: str) -> str:
+    """argparse ``type`` of an output folder: a folder, or a path where one can be made:
+    neither it nor the first of its parents that exists may be a file (``os.makedirs`` would
+    fail with a traceback)."""
+    existing = osp.abspath(path)
+    while not osp.lexists(existing):
+        existing = osp.dirname(existing)
+    if not osp.isdir(existing):
+        raise argparse.ArgumentTypeError(f'{existing} is a file, not a folder; give a folder '
+                                         '(it is made if missing)')
+    return path
 
 
 def _paths_holding(value, node, path='') -> Iterator[str]:

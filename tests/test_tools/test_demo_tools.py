@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, load_tool, run_python
+from conftest import REPO_ROOT, load_tool, run_python, usage_error
 
 PLOT = osp.join(REPO_ROOT, 'tools', 'analysis', 'plot_spectral_response.py')
 IMAGE_DEMO = osp.join(REPO_ROOT, 'tools', 'image_demo.py')
@@ -156,15 +156,6 @@ def test_plot_spectral_response_refuses_another_backbone(tmp_path):
         load_tool(PLOT).main([str(tmp_path / 'resnet.py'), 'none', '--img', photo(),
                               '--out-dir', str(tmp_path / 'plots')])
     assert not (tmp_path / 'plots').exists()
-
-
-def usage_error(main, argv, capsys) -> str:
-    """What argparse prints for a refused option (exit 2, one ``error:`` line)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as excinfo:
-        main(argv)
-    assert excinfo.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def not_an_image(tmp_path):

@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from conftest import REPO_ROOT, load_tool, run_python
+from conftest import REPO_ROOT, load_tool, run_python, usage_error
 from spanet_mm.apis import init_model
 from spanet_mm.checkpoint import CheckpointMismatchError, CheckpointNotFoundError
 from spanet_mm.models import SPANet
@@ -141,15 +141,6 @@ def test_export_refuses_to_write_over_its_input(tmp_path):
     assert open(ckpt, 'rb').read() == original
     assert (tmp_path / 'config_link.py').is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ['cls.pth', 'config_link.py']
-
-
-def usage_error(main, argv, capsys) -> str:
-    """What argparse prints for a refused option (exit 2, one ``error:`` line)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as excinfo:
-        main(argv)
-    assert excinfo.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize('option, value, message', [

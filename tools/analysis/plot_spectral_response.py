@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import spanet_mm  # noqa: F401,E402
+from spanet_mm.engine.launch import device_option, folder_option  # noqa: E402
 from spanet_mm.models.backbones.spanet import MIN_INPUT_SIZE  # noqa: E402
 from spanet_mm.models.layers.spectral_pooling import (SPECTRAL_LAMBDAS,  # noqa: E402
                                                       spectral_filter)
@@ -51,38 +52,17 @@ def input_size(value: str) -> int:
     return int(value)
 
 
-def device(value: str) -> str:
-    """``--device``: one this machine has (else the model fails to move, with a traceback)."""
-    if value.startswith('cuda') and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(
-            f'{value}: torch.cuda.is_available() is False here (no CUDA GPU or driver, or a '
-            'CPU-only torch); use --device cpu')
-    return value
-
-
-def out_folder(path: str) -> str:
-    """``--out-dir``: a folder, or a path where one can be made: neither it nor the first of
-    its parents that exists may be a file (os.makedirs would fail with a traceback)."""
-    existing = osp.abspath(path)
-    while not osp.lexists(existing):
-        existing = osp.dirname(existing)
-    if not osp.isdir(existing):
-        raise argparse.ArgumentTypeError(f'{existing} is a file, not a folder; give a folder '
-                                         '(it is made if missing)')
-    return path
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='SPANet config (classification, detection or segmentation)')
     parser.add_argument('checkpoint', help="checkpoint file, or 'none' for the config's init")
     parser.add_argument('--img', required=True, help='input image')
-    parser.add_argument('--out-dir', type=out_folder, required=True,
+    parser.add_argument('--out-dir', type=folder_option, required=True,
                         help='folder for the PNG figures')
     parser.add_argument('--size', type=input_size, default=224,
                         help=f'the image is resized to SIZE x SIZE, SIZE >= {MIN_INPUT_SIZE} '
                         '(default 224)')
-    parser.add_argument('--device', type=device, default='cpu')
+    parser.add_argument('--device', type=device_option, default='cpu')
     return parser.parse_args(argv)
 
 
