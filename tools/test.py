@@ -24,14 +24,14 @@ import os.path as osp
 
 import matplotlib
 import mmengine
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from spanet_mm.engine.launch import (ToolOptionError, check_data, disable_dataloader_options,
-                                     get_scope, load_config, run_tool, set_launcher,
-                                     set_work_dir)
+from spanet_mm.engine.launch import (CfgOptionsAction, ToolOptionError, check_data,
+                                     disable_dataloader_options, get_scope, load_config,
+                                     run_tool, set_launcher, set_work_dir)
 
 DEFAULT_TTA_MODEL = {
     'mmpretrain': dict(type='AverageClsScoreTTA'),
@@ -68,7 +68,7 @@ def parse_args(argv=None):
     parser.add_argument('--no-pin-memory', action='store_true',
                         help='pin_memory=False in the test dataloader, any task')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options', nargs='+', action=CfgOptionsAction,
         help='override config settings, key=value')
     parser.add_argument(
         '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',

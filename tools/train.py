@@ -8,13 +8,12 @@ the processes use gloo, so ``tools/dist_train.sh CONFIG 2`` also runs on CPUs.
 """
 import argparse
 
-from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from spanet_mm.engine.launch import (check_data, disable_dataloader_options, enable_amp,
-                                     enable_auto_scale_lr, get_scope, load_config, run_tool,
-                                     set_launcher, set_work_dir)
+from spanet_mm.engine.launch import (CfgOptionsAction, check_data, disable_dataloader_options,
+                                     enable_amp, enable_auto_scale_lr, get_scope, load_config,
+                                     run_tool, set_launcher, set_work_dir)
 
 
 def parse_args(argv=None):
@@ -41,7 +40,7 @@ def parse_args(argv=None):
         '--auto-scale-lr', action='store_true',
         help='scale the lr by (actual total batch) / auto_scale_lr.base_batch_size')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options', nargs='+', action=CfgOptionsAction,
         help='override config settings, key=value (e.g. model.backbone.init_cfg=None)')
     parser.add_argument(
         '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',

@@ -18,7 +18,7 @@ import sys
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
 from ..errors import UserError
@@ -41,6 +41,10 @@ RUNNER_KEYS = frozenset({
 })
 
 
+#: The config formats mmengine's ``Config.fromfile`` reads.
+CONFIG_SUFFIXES = ('.py', '.json', '.yaml', '.yml')
+
+
 class ScopeError(UserError, ValueError):
     """The config's ``default_scope`` is not one of the three toolboxes."""
 
@@ -51,6 +55,18 @@ class ToolOptionError(UserError, ValueError):
 
 class ConfigKeyError(UserError, ValueError):
     """A ``--cfg-options`` key that the config does not have and nothing reads."""
+
+
+class CfgOptionsAction(DictAction):
+    """mmengine's ``DictAction`` for ``--cfg-options``, with an item lacking ``=`` reported as
+    a usage error (``DictAction`` fails with "not enough values to unpack", a traceback)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        bare = [value for value in values if '=' not in value]
+        if bare:
+            parser.error(f'{option_string}: {bare[0]!r} has no value; give KEY=VALUE (e.g. '
+                         'train_cfg.max_epochs=12), one per item')
+        super().__call__(parser, namespace, values, option_string)
 
 
 def device_option(value: str) -> str:
@@ -130,6 +146,11 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     """The config with ``--cfg-options`` merged (refusing keys that nothing reads)."""
     if not osp.isfile(path):
         raise ToolOptionError(f'Config {path!r} not found.')
+    if not path.endswith(CONFIG_SUFFIXES):
+        hint = (' It looks like a checkpoint: the config comes first (CONFIG CHECKPOINT).'
+                if path.endswith(('.pth', '.pt', '.ckpt', '.bin', '.safetensors')) else '')
+        raise ToolOptionError(f'{path!r} is not a config file ({", ".join(CONFIG_SUFFIXES)}).'
+                              f'{hint}')
     cfg = Config.fromfile(path)  # runs the config's custom_imports
     if cfg_options:
         check_cfg_options(cfg, cfg_options)
@@ -152,6 +173,9 @@ def get_scope(cfg: Config, config_path: str) -> str:
 def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:
     """CLI > config > ``./work_dirs/<config name>``, as upstream's tools."""
     if work_dir is not None:
+        if osp.isfile(work_dir):  # the Runner's makedirs would fail with a traceback
+            raise ToolOptionError(f'--work-dir {work_dir} is a file; give a folder (it is made '
+                                  'if missing).')
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])

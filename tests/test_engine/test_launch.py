@@ -4,8 +4,9 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from conftest import REPO_ROOT
-from spanet_mm.engine.launch import ConfigKeyError, check_cfg_options
+from conftest import REPO_ROOT, load_tool, usage_error
+from spanet_mm.engine.launch import (ConfigKeyError, ToolOptionError, check_cfg_options,
+                                     load_config, set_work_dir)
 
 SEG_DEMO = osp.join(REPO_ROOT, 'configs', 'segmentation', 'demo', 'fpn_spanet_demo.py')
 DET_DEMO = osp.join(REPO_ROOT, 'configs', 'detection', 'demo', 'mask_rcnn_spanet_demo.py')
@@ -41,3 +42,29 @@ def test_keys_the_runner_reads_pass():
     check_cfg_options(cfg, {'train_cfg.max_iters': 2, 'model.backbone.drop_path_rate': 0.1,
                             'load_from': 'x.pth', 'randomness': dict(seed=1),
                             'train_dataloader.dataset.data_root': '/d/'})
+
+
+@pytest.mark.parametrize('tool', ['tools/train.py', 'tools/test.py'])
+def test_a_cfg_option_without_a_value_is_a_usage_error(tool, capsys):
+    """mmengine's DictAction fails on it with "not enough values to unpack" (a traceback)."""
+    argv = [SEG_DEMO, 'ckpt.pth'][:1 if tool.endswith('train.py') else 2]
+    message = usage_error(load_tool(tool).parse_args,
+                          argv + ['--cfg-options', 'train_cfg.max_iters=2', 'load_from'], capsys)
+    assert message.endswith("--cfg-options: 'load_from' has no value; give KEY=VALUE (e.g. "
+                            'train_cfg.max_epochs=12), one per item'), message
+
+
+def test_a_checkpoint_in_the_config_place_is_named(tmp_path):
+    """mmengine says "Only py/yml/yaml/json type are supported now!" about swapped arguments."""
+    (tmp_path / 'epoch_1.pth').write_bytes(b'')
+    with pytest.raises(ToolOptionError, match='looks like a checkpoint: the config comes first'):
+        load_config(str(tmp_path / 'epoch_1.pth'))
+
+
+def test_a_file_as_work_dir_is_refused(tmp_path):
+    (tmp_path / 'notes.txt').write_text('')
+    with pytest.raises(ToolOptionError, match='--work-dir .*notes.txt is a file'):
+        set_work_dir(Config(), str(tmp_path / 'notes.txt'), SEG_DEMO)
+    cfg = Config()
+    set_work_dir(cfg, str(tmp_path / 'new'), SEG_DEMO)
+    assert cfg.work_dir == str(tmp_path / 'new')
