@@ -60,7 +60,7 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None,
         loaded = _load_checkpoint(checkpoint, map_location='cpu')
         # What was checked is what is loaded (keys without DDP's ``module.``).
         state_dict = check_state_dict(model.state_dict(), loaded, source=checkpoint,
-                                      strict_prefixes=('', ) if strict else ('backbone.', ))
+                                      whole_model=strict)
         model.load_state_dict(state_dict, strict=False)  # output norms may start as identity
         dataset_meta = (loaded.get('meta') or {}).get('dataset_meta')
         if dataset_meta:

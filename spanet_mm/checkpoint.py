@@ -172,7 +172,8 @@ def compare_state_dicts(own: dict, state_dict: dict, allowed_missing=()) -> Stat
 
 
 def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
-                     allowed_missing=(), source=None, prefix=None) -> dict:
+                     allowed_missing=(), source=None, prefix=None,
+                     whole_model: bool = False) -> dict:
     """Refuses a checkpoint whose tensors do not fit ``own`` (a model's state dict).
 
     The one compatibility check of the project: :class:`~spanet_mm.engine.CheckpointCheckHook`
@@ -181,8 +182,11 @@ def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
     see :func:`model_state_dict`). Raises :class:`CheckpointMismatchError` when a tensor
     under ``strict_prefixes`` is missing (unless ``allowed_missing`` matches it), has another
     shape or has no counterpart in the model, or when no tensor fits at all; other misfits are
-    logged as a warning. Raises :class:`CheckpointLoadError` when a tensor that fits holds NaN
-    or inf.
+    logged as a warning. ``whole_model=True`` (testing, resuming, inference) also refuses a
+    tensor of the model that is missing or has another shape anywhere; tensors the model does
+    not have are then refused under ``strict_prefixes`` only (e.g. an auxiliary head the
+    training config had is logged, as mmengine does). Raises :class:`CheckpointLoadError` when
+    a tensor that fits holds NaN or inf.
 
     Returns:
         dict: The checked state dict (:func:`model_state_dict`), the one to load.
@@ -220,6 +224,15 @@ def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
             f'(e.g. {example}) matches the model\'s {len(own)} tensors (e.g. '
             f'{sorted(own)[:3]}). {hint}.')
     scope = 'in the model' if '' in strict_prefixes else f'under {list(strict_prefixes)}'
+    if whole_model and not (strict(mismatched) or strict(missing) or strict(unexpected)) and (
+            mismatched or missing):
+        raise CheckpointMismatchError(
+            f'{name} fits the model under {list(strict_prefixes)} but misses '
+            f'{len(missing)} and has another shape for {len(mismatched)} of its other tensors '
+            f'{(missing + mismatched)[:3]}: it holds only a part of this model (e.g. an '
+            'ImageNet backbone, or another task\'s checkpoint), and these would keep their '
+            'initial values. Testing, resuming and inference need a checkpoint of this whole '
+            'model; to start training from this one, give it as load_from (without --resume).')
     if strict(mismatched) or strict(missing) or strict(unexpected):
         raise CheckpointMismatchError(
             f'{name} does not fit the model{held}: {len(strict(mismatched))} shape '
@@ -232,11 +245,15 @@ def check_state_dict(own: dict, checkpoint, strict_prefixes=('backbone.', ),
         print_log(f'{name}: {len(mismatched)} tensor(s) of other shape {mismatched[:3]} and '
                   f'{len(missing)} missing {missing[:3]} outside {list(strict_prefixes)}; '
                   'they keep their initial values.', logger='current', level=30)
-    _refuse_non_finite(state_dict, fitting, name)
+    if unexpected and not strict(unexpected):
+        print_log(f'{name}: {len(unexpected)} tensor(s) the model does not have '
+                  f'{unexpected[:3]} outside {list(strict_prefixes)}; not loaded.',
+                  logger='current', level=30)
+    refuse_non_finite(state_dict, fitting, name)
     return state_dict
 
 
-def _refuse_non_finite(state_dict: dict, keys: List[str], name: str) -> None:
+def refuse_non_finite(state_dict: dict, keys: List[str], name: str) -> None:
     """A NaN or inf weight would load and quietly turn every output into NaN: refused."""
     bad = [k for k in keys
            if state_dict[k].is_floating_point() and not torch.isfinite(state_dict[k]).all()]

@@ -84,7 +84,7 @@ def test_init_model_needs_the_head_unless_told_otherwise(tmp_path):
     state = {k: torch.randn_like(v) for k, v in init_model(config).state_dict().items()
              if k.startswith('backbone.')}
     torch.save(dict(state_dict=state), tmp_path / 'backbone.pth')
-    with pytest.raises(CheckpointMismatchError, match=r"2 missing tensor\(s\) \['head.fc"):
+    with pytest.raises(CheckpointMismatchError, match=r"\['head.fc.*holds only a part of this model"):
         init_model(config, str(tmp_path / 'backbone.pth'))
     loaded = init_model(config, str(tmp_path / 'backbone.pth'), strict=False)
     key = sorted(state)[0]

@@ -209,6 +209,22 @@ def test_fine_tuning_loads_a_backbone_without_its_output_norms(tmp_path):
         fine_tuning_runner(tmp_path / 'run2', str(tmp_path / 'short.pth')).train()
 
 
+def test_evaluation_loads_a_checkpoint_with_tensors_the_model_does_not_have(tmp_path):
+    """A file trained with an auxiliary head, tested with a config without it: every tensor
+    of the model fits, so it is evaluated (mmengine logs the extra keys); extra tensors inside
+    the backbone would still mean another arch."""
+    state = {k: torch.randn_like(v) for k, v in _Dense().state_dict().items()}
+    extra = dict(state, **{'auxiliary_head.conv_seg.weight': torch.zeros(2, 8, 1, 1)})
+    torch.save(dict(state_dict=extra), tmp_path / 'aux.pth')
+    runner = dense_runner(tmp_path / 'eval')
+    runner.load_checkpoint(str(tmp_path / 'aux.pth'))
+    assert all(torch.equal(runner.model.state_dict()[k], v) for k, v in state.items())
+    deeper = dict(state, **{'backbone.stages.0.1.norm1.weight': torch.ones(8)})
+    torch.save(dict(state_dict=deeper), tmp_path / 'deeper.pth')
+    with pytest.raises(CheckpointMismatchError, match=r"1 tensor\(s\) the model does not have"):
+        dense_runner(tmp_path / 'eval2').load_checkpoint(str(tmp_path / 'deeper.pth'))
+
+
 def test_non_finite_weights_are_refused(tmp_path):
     state = {k: torch.randn_like(v) for k, v in _Dense().state_dict().items()}
     state['backbone.stages.2.0.mlp.fc2.weight'][0, 0] = float('nan')

@@ -77,7 +77,7 @@ def refuse_misfit(model, checkpoint) -> None:
     any image is processed: every tensor must fit (a missing head would predict at random)."""
     if checkpoint is not None:
         check_state_dict(model.state_dict(), _load_checkpoint(checkpoint, map_location='cpu'),
-                         strict_prefixes=('', ), source=checkpoint)
+                         source=checkpoint, whole_model=True)
 
 
 def config_metainfo(cfg) -> dict:

@@ -237,7 +237,7 @@ def test_image_demo_refuses_a_checkpoint_without_the_head(tmp_path):
     state = {k: v for k, v in init_model(DEMO_CLS).state_dict().items()
              if k.startswith('backbone.')}
     torch.save(dict(state_dict=state), tmp_path / 'backbone.pth')
-    with pytest.raises(CheckpointMismatchError, match=r"2 missing tensor\(s\) \['head.fc"):
+    with pytest.raises(CheckpointMismatchError, match=r"\['head.fc.*holds only a part of this model"):
         load_tool(IMAGE_DEMO).main([DEMO_CLS, '--checkpoints', str(tmp_path / 'backbone.pth'),
                                     '--out-dir', str(tmp_path / 'd')])
     assert not (tmp_path / 'd').exists() or not any((tmp_path / 'd').iterdir())

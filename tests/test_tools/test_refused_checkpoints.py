@@ -68,7 +68,7 @@ def make_bad(kind, root, good):
         state = init_model(str(good.parent / 'cls.py')).state_dict()  # the whole classifier
         if kind == 'backbone_only':  # e.g. an ImageNet backbone, or a detector's
             state = {k: v for k, v in state.items() if k.startswith('backbone.')}
-            words = ['does not fit the model', "missing tensor(s) ['head.fc"]
+            words = ['holds only a part of this model', "['head.fc"]
         elif kind == 'nan':  # a diverged run's
             state['backbone.stages.1.0.mlp.fc2.bias'][0] = float('nan')
             words = ['NaN or inf', 'backbone.stages.1.0.mlp.fc2.bias']

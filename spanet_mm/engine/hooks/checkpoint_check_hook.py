@@ -40,8 +40,9 @@ class CheckpointCheckHook(Hook):
       ``backbone.norm<i>`` may be missing: they start as identity). Other missing or
       mismatched tensors (e.g. a classification head with another number of classes) are
       logged as a warning;
-    - when evaluating (the Runner's ``test()`` or ``val()``) or resuming: when any tensor of
-      the model misfits. A resumed checkpoint must also be one the Runner saved in training
+    - when evaluating (the Runner's ``test()`` or ``val()``) or resuming: also when any other
+      tensor of the model is missing or has another shape (tensors the model does not have,
+      outside ``strict_prefixes``, such as an auxiliary head of training, are logged). A resumed checkpoint must also be one the Runner saved in training
       (with ``meta`` and ``message_hub``).
 
     Args:
@@ -71,8 +72,8 @@ class CheckpointCheckHook(Hook):
             check_state_dict(model.state_dict(), checkpoint, self.strict_prefixes,
                              self.allowed_missing, source=source)
         else:
-            check_state_dict(model.state_dict(), checkpoint, strict_prefixes=('', ),
-                             source=source)
+            check_state_dict(model.state_dict(), checkpoint, self.strict_prefixes,
+                             source=source, whole_model=True)
         if resuming:
             absent = [key for key in RESUME_KEYS if key not in checkpoint]
             if absent:

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...checkpoint import (CheckpointMismatchError, CheckpointNotFoundError, check_state_dict,
-                           compare_state_dicts)
+                           compare_state_dicts, refuse_non_finite)
 from ...registry import register_model
 from ..layers import AutocastConv2d, SpectralPoolingMixer
 from ..layers.activation import build_mlp_activation
@@ -466,8 +466,9 @@ class SPANet(BaseModule):
         (mmpretrain's ``get_model(pretrained=...)``, the inferencers) only log a tensor of
         another shape or a key the model does not have, and keep the initial weights: a file of
         another arch would silently run half random. Both mean the file is not this model's,
-        so both are refused here (SPANet's output norms of other stages excepted); a key the
-        file lacks stays allowed, as ``strict=False`` promises partial loads.
+        so both are refused here (SPANet's output norms of other stages excepted), as are NaN
+        or inf values; a key the file lacks stays allowed, as ``strict=False`` promises partial
+        loads.
         """
         given = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         own = self.state_dict()
@@ -486,6 +487,7 @@ class SPANet(BaseModule):
                 f'{len(fit.mismatched)} tensor(s) of another shape {fit.mismatched[:3]}, '
                 f'{len(fit.unexpected)} it does not have {fit.unexpected[:3]} (under '
                 f'{prefix or "the top level"!r}): {fix}.')
+        refuse_non_finite(given, fit.fitting, f'These weights of SPANet (under {prefix!r})')
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _freeze_stages(self) -> None:

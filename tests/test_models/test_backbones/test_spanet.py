@@ -394,3 +394,16 @@ def test_unfused_weights_into_the_deploy_form_name_the_order():
     with pytest.raises(CheckpointMismatchError, match=r'load the weights before switch_to_deploy'):
         deployed.load_state_dict(_weights(TINY), strict=False)
     deployed.load_state_dict(deployed.state_dict())  # its own fused weights load
+
+
+def test_non_finite_weights_are_refused_by_every_loader():
+    """mmpretrain's get_model(pretrained=...) loads through mmengine's load_state_dict, which
+    runs no check of the project's: the backbone refuses NaN itself."""
+    from mmengine.runner.checkpoint import load_state_dict
+    from spanet_mm.checkpoint import CheckpointLoadError
+    weights = _weights(TINY)
+    weights['stages.1.0.mlp.fc1.bias'][0] = float('nan')
+    for load in (lambda m: m.load_state_dict(weights, strict=False),
+                 lambda m: load_state_dict(m, weights)):
+        with pytest.raises(CheckpointLoadError, match=r"NaN or inf.*stages.1.0.mlp.fc1.bias"):
+            load(build())
