@@ -92,19 +92,25 @@ def folder_option(path: str) -> str:
     return path
 
 
+def _same(a, b) -> bool:
+    """Whether two config values are equal, a tuple variable being held as a list."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
 def _paths_holding(value, node, path='') -> Iterator[str]:
     """Dotted paths of the entries of ``node`` (nested dicts and lists) equal to ``value``."""
     items = node.items() if isinstance(node, dict) else (
         enumerate(node) if isinstance(node, (list, tuple)) else ())
-    sequence = isinstance(value, (list, tuple))
     for key, child in items:
         child_path = f'{path}.{key}' if path else str(key)
-        if sequence and isinstance(child, (list, tuple)) and list(child) == list(value):
-            yield child_path  # a tuple variable may be held as a list
+        if _same(child, value):
+            yield child_path
         elif isinstance(child, (dict, list, tuple)):
             yield from _paths_holding(value, child, child_path)
-        elif type(child) is type(value) and child == value:
-            yield child_path
 
 
 def check_cfg_options(cfg, options: Optional[dict]) -> None:
@@ -120,14 +126,23 @@ def check_cfg_options(cfg, options: Optional[dict]) -> None:
     if not options:
         return
     known = set(cfg.keys()) | RUNNER_KEYS
+    # The Runner reads a top-level data_preprocessor only for a model without its own (the
+    # mmpretrain configs); the mmdet/mmseg configs copy theirs into the model.
+    read = RUNNER_KEYS - ({'data_preprocessor'} if 'data_preprocessor' in (
+        cfg.get('model') or {}) else set())
     for key in options:
         top = key.split('.')[0]
-        if top in RUNNER_KEYS:
+        if top in read:
             continue
         if top in known:
-            uses = [p for p in _paths_holding(cfg[top], cfg.to_dict()) if p != top][:4]
+            if top == 'data_preprocessor':  # the model's own is the one that is built
+                uses = ['model.data_preprocessor']
+            else:
+                uses = [p for p in _paths_holding(cfg[top], cfg.to_dict())
+                        if p.split('.')[0] in read][:4]
+            rest = key[len(top):]  # data_preprocessor.size -> model.data_preprocessor.size
             where = (f' Set the keys that hold its value instead, e.g. '
-                     f'{", ".join(f"{u}=..." for u in uses)}.') if uses else (
+                     f'{", ".join(f"{u}{rest}=..." for u in uses)}.') if uses else (
                 ' Set the keys that use it instead (see the config file).')
             raise ConfigKeyError(
                 f'--cfg-options {key}: {top!r} is a variable of the config file, whose value '
