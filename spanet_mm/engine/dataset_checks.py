@@ -6,7 +6,7 @@ run starts (``tools/train.py`` / ``tools/test.py``, through :func:`.launch.check
   evaluators' annotation files) that do not exist, with the expected layout of the task.
 - :func:`check_dataset_formats`: annotation files that exist but are malformed (a COCO json
   without ``images``/``annotations``/``categories``, without annotations, or with annotations
-  of images or categories it does not list; a segmentation folder (ADE20K, Cityscapes, ...)
+  of categories it does not list; a segmentation folder (ADE20K, Cityscapes, ...)
   whose images have no label maps; an ImageNet list file that is empty, has bad lines or labels
   outside the dataset's classes). Each check runs only for the dataset types that read the
   format it checks (the config's ``type`` resolved through the toolbox's DATASETS registry):
@@ -188,7 +188,10 @@ def check_coco_file(path: str, classes: Optional[Iterable[str]] = None,
             'annotations), and an evaluation has no ground truth (every mAP is -1). Use the '
             'annotated file, or set `format_only=True` in the test evaluator to only write the '
             'predictions.')
-    for key, section in (('image_id', 'images'), ('category_id', 'categories')):
+    # Annotations of images the file does not list are harmless (mmdet and COCOeval read the
+    # listed images only: a subset file); those of unlisted categories are dropped in training
+    # and evaluation alike, silently.
+    for key, section in (('category_id', 'categories'), ):
         try:
             unknown = set(map(itemgetter(key), annotations)) - {i['id'] for i in data[section]}
         except TypeError as err:  # an unhashable id (a list, a dict)

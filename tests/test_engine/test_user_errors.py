@@ -381,19 +381,34 @@ def test_image_list_without_labels(tmp_path):
     assert f'{meta / "test.txt"} lists no images' in str(error.value)
 
 
-@pytest.mark.parametrize('key, section', [('category_id', 'categories'), ('image_id', 'images')])
-def test_coco_annotations_of_unlisted_categories_or_images(coco, key, section):
+def test_coco_annotations_of_unlisted_categories(coco):
     """mmdet drops such annotations silently (a lower mAP, no error)."""
     tmp_path, data = coco
     data['annotations'] = [dict(data['annotations'][0], id=i) for i in range(1, 6)]
-    unlisted = max(item['id'] for item in data[section]) + 6
+    unlisted = max(item['id'] for item in data['categories']) + 6
     for ann in data['annotations'][1:3]:
-        ann[key] = unlisted
+        ann['category_id'] = unlisted
     (tmp_path / 'bad.json').write_text(json.dumps(data))
     with pytest.raises(DatasetFormatError) as error:
         check_coco_file(str(tmp_path / 'bad.json'))
-    assert (f'bad.json: 2 of 5 annotations have a {key} that is not among the ids of "{section}" '
-            f'(e.g. annotation 2 has {key} {unlisted})') in str(error.value)
+    assert ('bad.json: 2 of 5 annotations have a category_id that is not among the ids of '
+            f'"categories" (e.g. annotation 2 has category_id {unlisted})') in str(error.value)
+
+
+def test_coco_subset_file_with_annotations_of_unlisted_images_passes(coco):
+    """A file cut down to some images but keeping every annotation: mmdet loads the listed
+    images with all their instances (and COCOeval evaluates the listed ones only)."""
+    from mmdet.registry import DATASETS
+    tmp_path, data = coco
+    image, annotation = data['images'][0], data['annotations'][0]
+    data['annotations'] = [annotation, dict(annotation, id=2), dict(annotation, id=3, image_id=2)]
+    (tmp_path / 'subset.json').write_text(json.dumps(data))  # image 2 is not listed
+    check_coco_file(str(tmp_path / 'subset.json'))
+    dataset = DATASETS.build(dict(type='CocoDataset', ann_file=str(tmp_path / 'subset.json'),
+                                  metainfo=dict(classes=('circle', )), data_prefix=dict(img=''),
+                                  pipeline=[], test_mode=True))
+    assert len(dataset) == 1 and len(dataset.get_data_info(0)['instances']) == 2
+    assert dataset.get_data_info(0)['img_id'] == image['id']
 
 
 def test_coco_without_annotations(coco):
