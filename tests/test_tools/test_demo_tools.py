@@ -62,10 +62,30 @@ def test_plot_spectral_response(tmp_path):
 def test_plot_spectral_response_refuses_a_wrong_checkpoint(tmp_path):
     from spanet_mm.engine import CheckpointMismatchError
     torch.save(dict(state_dict={'conv1.weight': torch.zeros(1)}), tmp_path / 'other.pth')
-    with pytest.raises(CheckpointMismatchError, match='does not fit the model'):
+    with pytest.raises(CheckpointMismatchError, match="has no key starting with 'backbone.'"):
         load_tool(PLOT).main([DEMO_CLS, str(tmp_path / 'other.pth'), '--img', photo(),
                               '--out-dir', str(tmp_path / 'plots')])
     assert not (tmp_path / 'plots').exists()  # nothing written
+
+
+def test_plot_spectral_response_takes_a_classifier_checkpoint_for_a_detection_config(tmp_path):
+    """The docstring's promise: a converted ImageNet file (the classifier's, with its final
+    norm only) plots a detection config's backbone, whose other output norms start new."""
+    from spanet_mm.apis import init_model
+    det = init_model(DEMO_DET, cfg_options={'model.backbone.init_cfg': None})
+    arch, dims = det.backbone.arch, det.backbone.embed_dims
+    classifier = init_model(DEMO_CLS, cfg_options={
+        'model.backbone.arch': dict(layers=arch['layers'], embed_dims=dims),
+        'model.head.in_channels': dims[-1]})
+    state = {k: torch.randn_like(v) for k, v in classifier.state_dict().items()}
+    torch.save(dict(state_dict=state), tmp_path / 'in1k.pth')
+    tool = load_tool(PLOT)
+    backbone, _, _ = tool.build_model(DEMO_DET, str(tmp_path / 'in1k.pth'), 'cpu')
+    for key, value in backbone.state_dict().items():
+        if f'backbone.{key}' in state:
+            assert torch.equal(value, state[f'backbone.{key}']), key
+        else:  # the detector's new output norms
+            assert key.startswith('norm') and torch.all(value == (1 if 'weight' in key else 0))
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ Usage::
 
 ``CHECKPOINT`` is a spanet_mm checkpoint, e.g. a converted official ImageNet file (``none``:
 random initialisation, to look at an untrained model; a ``Pretrained`` init is not loaded).
-Works with classification, detection and segmentation configs with a SPANet ``backbone``.
+Only its backbone is loaded, so it works with classification, detection and segmentation
+configs with a SPANet ``backbone`` of that arch.
 Writes to ``DIR``:
 
 - ``spectral_filters.png``: for each stage, the three spectral pooling filters (lambda 0.7,
@@ -73,11 +74,16 @@ def build_model(config: str, checkpoint: str, device: str):
     from spanet_mm.apis import init_model, spanet_backbone
 
     cfg = Config.fromfile(config)
-    if checkpoint == 'none' and cfg.model.get('backbone'):  # random weights, not Pretrained
-        cfg.merge_from_dict({'model.backbone.init_cfg': None})
+    if cfg.model.get('backbone'):
+        # Only the backbone is looked at, so only its weights are loaded, through SPANet's
+        # Pretrained init: any spanet_mm checkpoint with a SPANet backbone of this arch fits
+        # (an ImageNet classifier's into a detection config, whose new output norms start as
+        # identity). 'none': random weights, not the config's Pretrained file.
+        cfg.model.backbone.init_cfg = None if checkpoint == 'none' else dict(
+            type='Pretrained', checkpoint=checkpoint, prefix='backbone')
     # A missing, unsafe or unfitting checkpoint, or another backbone, raises a UserError: one
     # ERROR line (run_tool).
-    model = init_model(cfg, None if checkpoint == 'none' else checkpoint, device)
+    model = init_model(cfg, None, device)
     mean = cfg.model.get('data_preprocessor', {}).get('mean', DEFAULT_MEAN)
     std = cfg.model.get('data_preprocessor', {}).get('std', DEFAULT_STD)
     return spanet_backbone(model, config), mean, std
