@@ -274,6 +274,23 @@ def _default_scope_restored():
     _restore_default_scopes(before)
 
 
+@pytest.fixture(autouse=True)
+def _loggers_of_the_test_forgotten():
+    """A Runner names its MMLogger after the second it starts, and the logger's stream handler
+    writes to the ``sys.stderr`` of that moment: pytest's capture of that test. A Runner that a
+    later test starts within the same second gets that logger back and writes to a closed
+    stream (logging prints "--- Logging error ---" and a traceback to stderr, which the tests
+    of one-line errors refuse). The loggers a test made are dropped after it."""
+    from mmengine.logging import MMLogger
+    before = set(MMLogger._instance_dict)
+    yield
+    for name in set(MMLogger._instance_dict) - before:
+        logger = MMLogger._instance_dict.pop(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+
+
 @pytest.fixture
 def restored_global_state():
     """For a test that changes global state by design (e.g. an in-process Runner with

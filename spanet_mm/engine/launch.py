@@ -69,6 +69,23 @@ class CfgOptionsAction(DictAction):
         super().__call__(parser, namespace, values, option_string)
 
 
+def int_option(what: str, low: int, high: Optional[int] = None) -> Callable[[str], int]:
+    """argparse ``type``: an integer in ``[low, high]``, ``what`` naming it in the message
+    (outside, a tool would fail after building its model, deep in torch, or run and say
+    nothing)."""
+    def parse(value: str) -> int:
+        number = int(value) if value.lstrip('-').isdigit() else None
+        if number is None or number < low or (high is not None and number > high):
+            bound = f'>= {low}' if high is None else f'in {low}..{high}'
+            raise argparse.ArgumentTypeError(f'{value!r}: {what} must be an integer {bound}')
+        return number
+    return parse
+
+
+#: What an input side option names (SPANet downsamples by 32: ``MIN_INPUT_SIZE``).
+INPUT_SIDE = 'an input side (SPANet downsamples by 32)'
+
+
 def device_option(value: str) -> str:
     """argparse ``type`` of a tool's ``--device``: one this machine has (else moving the model
     fails with a traceback, after it is built)."""

@@ -195,8 +195,8 @@ def test_plot_spectral_response_refuses_bad_options_before_the_model(tmp_path, c
     out = str(tmp_path / 'plots')
     argv = [DEMO_CLS, 'none', '--img', photo(), '--out-dir', out]
     assert usage_error(tool.main, argv + ['--size', '16'], capsys).endswith(
-        "argument --size: '16': the image side must be an integer >= 32 (SPANet downsamples "
-        'by 32)')
+        "argument --size: '16': an input side (SPANet downsamples by 32) must be an integer "
+        '>= 32')
     (tmp_path / 'file').write_text('')
     for out_dir in (tmp_path / 'file', tmp_path / 'file' / 'sub'):
         assert usage_error(tool.main, argv + ['--out-dir', str(out_dir)], capsys).endswith(

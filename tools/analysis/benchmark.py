@@ -63,6 +63,7 @@ except ImportError:
 
 import torch
 
+from spanet_mm.engine.launch import INPUT_SIDE, int_option
 from spanet_mm.models.backbones.spanet import MIN_INPUT_SIZE
 
 SPANET_ARCHS = ('s', 'm', 'mx', 'b', 'bx')
@@ -100,25 +101,14 @@ def build_model(name: str) -> torch.nn.Module:
     raise ValueError(f'Unknown model {name!r}; choose from {available_models()}.')
 
 
-def at_least(minimum: int, why: str) -> Callable[[str], int]:
-    """An argparse ``type``: an integer >= ``minimum``. Below it the run had failed in a
-    model's forward (a side < MIN_INPUT_SIZE), ended at exit 0 with no timing (a batch or
-    repeats of 0) or dropped timed rounds (a negative warm-up)."""
-    def parse(value: str) -> int:
-        if not value.lstrip('-').isdigit() or int(value) < minimum:
-            raise argparse.ArgumentTypeError(f'{value!r}: must be an integer >= {minimum} ({why})')
-        return int(value)
-    return parse
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description='Interleaved throughput / peak-memory benchmark of SPANet and baselines.')
     parser.add_argument('--models', nargs='+', default=DEFAULT_MODELS,
                         help=f'models to run, from {available_models()}')
-    parser.add_argument('--batch', type=at_least(1, 'images per step'), default=8,
+    parser.add_argument('--batch', type=int_option('the batch', 1), default=8,
                         help='batch size')
-    parser.add_argument('--size', type=at_least(MIN_INPUT_SIZE, 'the models downsample by 32'),
+    parser.add_argument('--size', type=int_option(INPUT_SIDE, MIN_INPUT_SIZE),
                         nargs='+', default=[224], help='input size: S (square) or H W')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch CPU threads (default: torch default)')
@@ -127,9 +117,9 @@ def parse_args(argv=None):
                         help='channels_last inputs and models (all models)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='float32',
                         help='float32, or autocast to bfloat16 / float16')
-    parser.add_argument('--repeats', type=at_least(1, 'timed rounds'), default=5,
+    parser.add_argument('--repeats', type=int_option('the number of timed rounds', 1), default=5,
                         help='timed rounds (each runs every model once); the median is reported')
-    parser.add_argument('--warmup', type=at_least(0, 'untimed rounds'), default=1,
+    parser.add_argument('--warmup', type=int_option('the number of untimed rounds', 0), default=1,
                         help='untimed rounds first')
     parser.add_argument('--modes', nargs='+', choices=MODES, default=['forward', 'train'],
                         help='forward / train: in --dtype; forward_bf16 / train_bf16: under '

@@ -29,6 +29,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
+from spanet_mm.engine.launch import INPUT_SIDE, int_option
 from spanet_mm.models.backbones.spanet import MIN_INPUT_SIZE
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -36,20 +37,10 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 VARIANTS = ('s', 'm', 'mx', 'b', 'bx')
 
 
-def input_size(value: str) -> int:
-    """``--shape``: SPANet's stride-32 last stage needs a side of at least MIN_INPUT_SIZE (a
-    smaller one would fail in the forward, after the model is built)."""
-    if not value.isdigit() or int(value) < MIN_INPUT_SIZE:
-        raise argparse.ArgumentTypeError(
-            f'{value!r}: an input side must be an integer >= {MIN_INPUT_SIZE} (SPANet '
-            'downsamples by 32), e.g. --shape 224 or --shape 512 512')
-    return int(value)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Parameters and MACs of a SPANet config.')
     parser.add_argument('config', nargs='?', help='config file (not needed with --all)')
-    parser.add_argument('--shape', type=input_size, nargs='+', default=[224],
+    parser.add_argument('--shape', type=int_option(INPUT_SIDE, MIN_INPUT_SIZE), nargs='+', default=[224],
                         help=f'input size: S (square) or H W, each >= {MIN_INPUT_SIZE} '
                         '(default 224)')
     parser.add_argument('--all', action='store_true',

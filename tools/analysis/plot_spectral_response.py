@@ -34,23 +34,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import spanet_mm  # noqa: F401,E402
-from spanet_mm.engine.launch import device_option, folder_option  # noqa: E402
+from spanet_mm.engine.launch import (INPUT_SIDE, device_option, folder_option,  # noqa: E402
+                                     int_option)
 from spanet_mm.models.backbones.spanet import MIN_INPUT_SIZE  # noqa: E402
 from spanet_mm.models.layers.spectral_pooling import (SPECTRAL_LAMBDAS,  # noqa: E402
                                                       spectral_filter)
 
 DEFAULT_MEAN = [123.675, 116.28, 103.53]
 DEFAULT_STD = [58.395, 57.12, 57.375]
-
-
-def input_size(value: str) -> int:
-    """``--size``: SPANet's forward refuses a side below MIN_INPUT_SIZE (a traceback, after the
-    model is built)."""
-    if not value.isdigit() or int(value) < MIN_INPUT_SIZE:
-        raise argparse.ArgumentTypeError(
-            f'{value!r}: the image side must be an integer >= {MIN_INPUT_SIZE} (SPANet '
-            'downsamples by 32)')
-    return int(value)
 
 
 def parse_args(argv=None):
@@ -60,7 +51,7 @@ def parse_args(argv=None):
     parser.add_argument('--img', required=True, help='input image')
     parser.add_argument('--out-dir', type=folder_option, required=True,
                         help='folder for the PNG figures')
-    parser.add_argument('--size', type=input_size, default=224,
+    parser.add_argument('--size', type=int_option(INPUT_SIDE, MIN_INPUT_SIZE), default=224,
                         help=f'the image is resized to SIZE x SIZE, SIZE >= {MIN_INPUT_SIZE} '
                         '(default 224)')
     parser.add_argument('--device', type=device_option, default='cpu')

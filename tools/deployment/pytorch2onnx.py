@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from spanet_mm.engine.launch import INPUT_SIDE, int_option
 from spanet_mm.models.backbones.spanet import MIN_INPUT_SIZE
 
 OPSET = 17
@@ -48,19 +49,7 @@ class ExportError(RuntimeError):
     """The model could not be exported or the exported model does not match PyTorch."""
 
 
-def in_range(what: str, low: int, high: Optional[int] = None):
-    """An argparse ``type``: an integer in ``[low, high]`` (else the export fails deep in
-    torch.onnx or in SPANet's forward, with a traceback)."""
-    def parse(value: str) -> int:
-        number = int(value) if value.lstrip('-').isdigit() else None
-        if number is None or number < low or (high is not None and number > high):
-            bound = f'>= {low}' if high is None else f'in {low}..{high}'
-            raise argparse.ArgumentTypeError(f'{value!r}: {what} must be an integer {bound}')
-        return number
-    return parse
-
-
-SIDE = in_range('an input side (SPANet downsamples by 32)', MIN_INPUT_SIZE)
+SIDE = int_option(INPUT_SIDE, MIN_INPUT_SIZE)
 
 
 def parse_args(argv=None):
@@ -70,11 +59,11 @@ def parse_args(argv=None):
     parser.add_argument('output', help='output .onnx file')
     parser.add_argument('--shape', type=SIDE, nargs=2, default=[224, 224], metavar=('H', 'W'),
                         help='input height and width (default 224 224)')
-    parser.add_argument('--batch', type=in_range('the batch', 1), default=1,
+    parser.add_argument('--batch', type=int_option('the batch', 1), default=1,
                         help='batch size of the example input')
     parser.add_argument('--dynamic', action='store_true',
                         help='dynamic batch, height and width axes')
-    parser.add_argument('--opset', type=in_range('the opset', MIN_OPSET, MAX_OPSET), default=OPSET,
+    parser.add_argument('--opset', type=int_option('the opset', MIN_OPSET, MAX_OPSET), default=OPSET,
                         help=f'ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {OPSET})')
     parser.add_argument('--atol', type=float, default=1e-4,
                         help='max abs difference to PyTorch accepted (default 1e-4)')
