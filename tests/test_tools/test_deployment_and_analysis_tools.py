@@ -450,7 +450,7 @@ def test_benchmark_compile_flag_adds_the_forward_compile_mode():
 
 @pytest.mark.parametrize('option, value, minimum', [
     ('--size', '0', 32), ('--size', '16', 32), ('--batch', '0', 1), ('--repeats', '0', 1),
-    ('--warmup', '-1', 0)])
+    ('--warmup', '-1', 0), ('--threads', '0', 1)])
 def test_benchmark_refuses_numbers_out_of_range(option, value, minimum, capsys):
     """--repeats 0 (or --batch 0) had run and exited 0 without a timing, --size below
     SPANet's MIN_INPUT_SIZE failed in a forward, --warmup -1 dropped a timed round."""
@@ -530,3 +530,12 @@ def test_benchmark_fft_ratios_and_peak_mib(tmp_path, monkeypatch, capsys):
     assert table['spanet-m']['forward peak vs fft'] == '-'
     assert table['spanet-m']['forward peak MiB'] == '200'
     assert table['spanet-s-fft']['forward vs fft'] == '-'
+
+
+def test_benchmark_refuses_cuda_without_cuda(monkeypatch, capsys):
+    """--device cuda on a machine without CUDA had failed moving the first model."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    tool = load_tool(BENCHMARK)
+    err = usage_error(tool.main, ['--models', 'spanet-s', '--device', 'cuda'], capsys)
+    assert err.endswith('argument --device: cuda: torch.cuda.is_available() is False here (no '
+                        'CUDA GPU or driver, or a CPU-only torch); use --device cpu'), err

@@ -63,7 +63,7 @@ except ImportError:
 
 import torch
 
-from spanet_mm.engine.launch import INPUT_SIDE, int_option
+from spanet_mm.engine.launch import INPUT_SIDE, device_option, int_option
 from spanet_mm.models.backbones.spanet import MIN_INPUT_SIZE
 
 SPANET_ARCHS = ('s', 'm', 'mx', 'b', 'bx')
@@ -110,9 +110,9 @@ def parse_args(argv=None):
                         help='batch size')
     parser.add_argument('--size', type=int_option(INPUT_SIDE, MIN_INPUT_SIZE),
                         nargs='+', default=[224], help='input size: S (square) or H W')
-    parser.add_argument('--threads', type=int, default=None,
+    parser.add_argument('--threads', type=int_option('the thread count', 1), default=None,
                         help='torch CPU threads (default: torch default)')
-    parser.add_argument('--device', default='cpu', help='cpu, cuda or cuda:N')
+    parser.add_argument('--device', type=device_option, default='cpu', help='cpu, cuda or cuda:N')
     parser.add_argument('--channels-last', action='store_true',
                         help='channels_last inputs and models (all models)')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='float32',
