@@ -96,13 +96,27 @@ def device_option(value: str) -> str:
     return value
 
 
+def nearest_existing(path: str) -> str:
+    """``path`` (absolute) or, if it does not exist, the nearest of its parents that does: where
+    ``os.makedirs`` would start."""
+    existing = osp.abspath(path)
+    while not osp.lexists(existing):
+        existing = osp.dirname(existing)
+    return existing
+
+
+def is_same_file(path: str, other: str) -> bool:
+    """Whether writing ``path`` would replace ``other`` (the same path through symlinks, or a
+    hard link to it)."""
+    return osp.realpath(path) == osp.realpath(other) or (
+        osp.exists(path) and osp.exists(other) and osp.samefile(path, other))
+
+
 def folder_option(path: str) -> str:
     """argparse ``type`` of an output folder: a folder, or a path where one can be made:
     neither it nor the first of its parents that exists may be a file (``os.makedirs`` would
     fail with a traceback)."""
-    existing = osp.abspath(path)
-    while not osp.lexists(existing):
-        existing = osp.dirname(existing)
+    existing = nearest_existing(path)
     if not osp.isdir(existing):
         raise argparse.ArgumentTypeError(f'{existing} is a file, not a folder; give a folder '
                                          '(it is made if missing)')

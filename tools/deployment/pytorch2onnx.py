@@ -133,22 +133,19 @@ def check_paths(args) -> None:
     folder or lie under a file (os.replace and os.makedirs would fail after the export), nor be
     the checkpoint or the config (also through a symlink or hard link): the ONNX file, renamed
     into place, would replace it."""
-    from spanet_mm.engine.launch import ToolOptionError
+    from spanet_mm.engine.launch import ToolOptionError, is_same_file, nearest_existing
     if not osp.isfile(args.config):
         raise ToolOptionError(f'config {args.config} not found.')
     if osp.isdir(args.output):
         raise ToolOptionError(f'the output {args.output} is a folder; give the path of an .onnx '
                               f'file, e.g. {osp.join(args.output, "model.onnx")}.')
-    parent = osp.dirname(osp.abspath(args.output))
-    while not osp.lexists(parent):  # the first folder on the way that exists
-        parent = osp.dirname(parent)
+    parent = nearest_existing(osp.dirname(osp.abspath(args.output)))
     if not osp.isdir(parent):  # os.makedirs would fail (FileExistsError, NotADirectoryError)
         raise ToolOptionError(f'{parent} is a file, so the output {args.output} cannot be '
                               'written under it; give an .onnx path in a folder.')
     for name in ('checkpoint', 'config'):
         src = getattr(args, name)
-        if osp.realpath(args.output) == osp.realpath(src) or (
-                osp.exists(args.output) and osp.exists(src) and osp.samefile(args.output, src)):
+        if is_same_file(args.output, src):
             raise ToolOptionError(
                 f'the output {args.output} is the {name} {src}; the ONNX file would replace '
                 'it. Give another output path (an .onnx file).')

@@ -21,6 +21,7 @@ import torch
 from mmengine.utils import ProgressBar
 
 from spanet_mm.conversion import CheckpointConversionError, convert_official
+from spanet_mm.engine.launch import is_same_file
 
 
 def parse_args(argv=None):
@@ -70,8 +71,7 @@ def main(argv=None):
         sys.exit(f'error: {args.src} does not exist.')
     # DST == SRC (also through a symlink or hard link) would replace the official file, whose
     # fp16 weights and spectral filters the conversion drops: refused before anything is read.
-    if osp.realpath(args.dst) == osp.realpath(args.src) or (
-            osp.exists(args.dst) and osp.samefile(args.dst, args.src)):
+    if is_same_file(args.dst, args.src):
         sys.exit(f'error: the output {args.dst} is the source file {args.src}; converting into '
                  'it would replace the official checkpoint. Give another output path.')
     try:
