@@ -42,8 +42,9 @@ class CheckpointCheckHook(Hook):
       logged as a warning;
     - when evaluating (the Runner's ``test()`` or ``val()``) or resuming: also when any other
       tensor of the model is missing or has another shape (tensors the model does not have,
-      outside ``strict_prefixes``, such as an auxiliary head of training, are logged). A resumed checkpoint must also be one the Runner saved in training
-      (with ``meta`` and ``message_hub``).
+      outside ``strict_prefixes``, such as an auxiliary head of training, are logged). A
+      resumed checkpoint must also be one the Runner saved in training (with ``meta`` and
+      ``message_hub``).
 
     Args:
         strict_prefixes (Sequence[str]): Key prefixes that must all fit when fine-tuning.
@@ -68,12 +69,10 @@ class CheckpointCheckHook(Hook):
         # Runner.train() builds its loop before it loads; test() and val() never build it.
         fine_tuning = isinstance(getattr(runner, '_train_loop', None), BaseLoop)
         resuming = bool(getattr(runner, '_resume', False))
-        if fine_tuning and not resuming:
-            check_state_dict(model.state_dict(), checkpoint, self.strict_prefixes,
-                             self.allowed_missing, source=source)
-        else:
-            check_state_dict(model.state_dict(), checkpoint, self.strict_prefixes,
-                             source=source, whole_model=True)
+        whole_model = resuming or not fine_tuning  # nothing may keep its initial values
+        check_state_dict(model.state_dict(), checkpoint, self.strict_prefixes,
+                         () if whole_model else self.allowed_missing, source=source,
+                         whole_model=whole_model)
         if resuming:
             absent = [key for key in RESUME_KEYS if key not in checkpoint]
             if absent:

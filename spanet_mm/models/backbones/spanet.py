@@ -297,9 +297,9 @@ class SPANet(BaseModule):
             f'The arch "embed_dims" must be positive ints, but got {parsed["embed_dims"]}.'
         assert all(isinstance(r, int) and r >= 0 for r in parsed['radius']), \
             f'The arch "radius" must be non-negative ints, but got {parsed["radius"]}.'
-        assert all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0
-                   for r in parsed['mlp_ratios']) and all(
-                       int(c * r) > 0 for c, r in zip(parsed['embed_dims'], parsed['mlp_ratios'])), \
+        # Each MLP is int(dim * ratio) wide: it needs at least one hidden channel.
+        assert all(isinstance(r, (int, float)) and not isinstance(r, bool) and int(c * r) > 0
+                   for c, r in zip(parsed['embed_dims'], parsed['mlp_ratios'])), \
             'The arch "mlp_ratios" must be positive numbers that leave each MLP at least one ' \
             f'hidden channel, but got {parsed["mlp_ratios"]}.'
         return parsed
