@@ -291,16 +291,24 @@ def test_image_demo_predicts_with_the_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_converter_progress_and_non_finite_warning(official_fixture, tmp_path):
+def test_converter_progress_and_non_finite_refusal(official_fixture, tmp_path):
+    """The progress bar runs over every tensor; a NaN weight (which every loader refuses) is
+    refused by name and nothing is written."""
     converter = osp.join(REPO_ROOT, 'tools', 'model_converters', 'spanet_official_to_mm.py')
     state = dict(official_fixture['classification']['state_dict'])
-    state['head.bias'] = torch.full_like(state['head.bias'], float('nan'))
     torch.save(state, tmp_path / 'src.pth')
     result = run_tool(converter, tmp_path / 'src.pth', tmp_path / 'dst.pth')
     assert result.returncode == 0, result.stderr
     total = len(torch.load(tmp_path / 'dst.pth', weights_only=True)['state_dict'])
     assert f'{total}/{total}' in result.stderr  # the progress bar reached the end
-    assert "NaN or Inf values, e.g. ['head.fc.bias']" in result.stderr
+
+    state['head.bias'] = torch.full_like(state['head.bias'], float('nan'))
+    torch.save(state, tmp_path / 'nan.pth')
+    result = run_tool(converter, tmp_path / 'nan.pth', tmp_path / 'nan_dst.pth')
+    assert result.returncode != 0
+    assert "NaN or inf values in 1 tensor(s) (e.g. ['head.fc.bias'])" in result.stderr
+    assert not (tmp_path / 'nan_dst.pth').exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['dst.pth', 'nan.pth', 'src.pth']
 
 
 def test_image_demo_default_image_and_rerun_replaces_the_result(tmp_path):

@@ -50,9 +50,9 @@ def save_atomically(obj, dst: str) -> None:
         raise
 
 
-def check_values(state_dict) -> None:
+def find_non_finite(state_dict) -> list:
     """Looks at every converted tensor (with a progress bar, to stderr: large models take a
-    while) and warns about NaN/Inf values, which usually mean a damaged download."""
+    while) and returns the keys of those holding NaN or inf."""
     progress = ProgressBar(len(state_dict), file=sys.stderr)
     non_finite = []
     for key, value in state_dict.items():
@@ -60,9 +60,7 @@ def check_values(state_dict) -> None:
             non_finite.append(key)
         progress.update()
     sys.stderr.write('\n')
-    if non_finite:
-        print(f'warning: {len(non_finite)} tensor(s) hold NaN or Inf values, e.g. '
-              f'{non_finite[:3]}; the source file may be damaged.', file=sys.stderr)
+    return non_finite
 
 
 def main(argv=None):
@@ -87,7 +85,13 @@ def main(argv=None):
     if args.arch is not None and meta['arch_name'] != args.arch:
         sys.exit(f'error: {args.src} holds SPANet arch {meta["arch_name"] or meta["arch"]}, '
                  f'not {args.arch!r}.')
-    check_values(state_dict)
+    non_finite = find_non_finite(state_dict)
+    if non_finite:
+        # Every loader refuses such weights (spanet_mm.checkpoint.refuse_non_finite): writing
+        # them would only move the error to the first training or test run.
+        sys.exit(f'error: {args.src} holds NaN or inf values in {len(non_finite)} tensor(s) '
+                 f'(e.g. {non_finite[:3]}): the file is damaged. Download it again; nothing '
+                 'was written.')
     save_atomically(dict(state_dict=state_dict, meta=meta), args.dst)
     print(f'Converted {len(state_dict)} tensors (arch {meta["arch_name"] or meta["arch"]}, '
           f'head: {"yes" if meta["has_head"] else "no"}) to {args.dst}')
