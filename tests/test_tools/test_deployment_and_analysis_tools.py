@@ -151,18 +151,22 @@ def test_export_refuses_to_write_over_its_input(tmp_path):
     ('--opset', ['5'], "argument --opset: '5': the opset must be an integer in 9..{max}"),
     ('--opset', ['8'], "argument --opset: '8': the opset must be an integer in 9..{max}"),
     ('--opset', ['{over}'], "argument --opset: '{over}': the opset must be an integer in 9..{max}"),
+    ('--atol', ['-0.5'], "argument --atol: '-0.5': the tolerance must be a finite number >= 0"),
+    ('--atol', ['nan'], "argument --atol: 'nan': the tolerance must be a finite number >= 0"),
+    ('--atol', ['inf'], "argument --atol: 'inf': the tolerance must be a finite number >= 0"),
 ])
 def test_export_refuses_numeric_options_out_of_range(option, value, message, tmp_path, capsys):
     """Each had failed after the model was built: SPANet's forward (a side < 32), torch.onnx
     (batch 0; opset 8 lacks the spectral pooling's arange, the installed torch writes up to
-    MAX_OPSET, 23 in torch 2.14)."""
+    MAX_OPSET, 23 in torch 2.14); a negative or nan --atol failed every export's check."""
     tool = load_tool('tools/deployment/pytorch2onnx.py')
     fmt = dict(max=tool.MAX_OPSET, over=tool.MAX_OPSET + 1)
     value = [v.format(**fmt) for v in value]
     argv = [CLS_CONFIG, 'c.pth', str(tmp_path / 'x.onnx'), option] + value
     assert message.format(**fmt) in usage_error(tool.main, argv, capsys)
-    assert tool.parse_args(argv[:3] + ['--opset', str(tool.MAX_OPSET), '--shape', '32', '32',
-                                       '--batch', '1']).opset == tool.MAX_OPSET
+    args = tool.parse_args(argv[:3] + ['--opset', str(tool.MAX_OPSET), '--shape', '32', '32',
+                                       '--batch', '1', '--atol', '0'])
+    assert args.opset == tool.MAX_OPSET and args.atol == 0
 
 
 def test_export_refuses_a_missing_config_and_a_folder_as_output(tmp_path):

@@ -52,6 +52,18 @@ class ExportError(RuntimeError):
 SIDE = int_option(INPUT_SIDE, MIN_INPUT_SIZE)
 
 
+def tolerance(value: str) -> float:
+    """argparse ``type`` of ``--atol``: a finite number >= 0 (with a negative one or nan every
+    export would fail its check, blaming the exported model)."""
+    try:
+        atol = float(value)
+    except ValueError:
+        atol = float('nan')
+    if not 0 <= atol < float('inf'):
+        raise argparse.ArgumentTypeError(f'{value!r}: the tolerance must be a finite number >= 0')
+    return atol
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Export a SPANet config to ONNX.')
     parser.add_argument('config', help='config file')
@@ -65,7 +77,7 @@ def parse_args(argv=None):
                         help='dynamic batch, height and width axes')
     parser.add_argument('--opset', type=int_option('the opset', MIN_OPSET, MAX_OPSET), default=OPSET,
                         help=f'ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {OPSET})')
-    parser.add_argument('--atol', type=float, default=1e-4,
+    parser.add_argument('--atol', type=tolerance, default=1e-4,
                         help='max abs difference to PyTorch accepted (default 1e-4)')
     parser.add_argument('--verify-shape', type=SIDE, nargs=2, metavar=('H', 'W'),
                         help='second input size checked with --dynamic (default: shape + 32 '
