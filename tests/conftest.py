@@ -13,6 +13,31 @@ from torch.utils._python_dispatch import TorchDispatchMode
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SHARED_DIR = os.environ.get('SPANET_MM_SHARED', osp.join(osp.dirname(REPO_ROOT), 'shared'))
 FIXTURE_PATH = osp.join(SHARED_DIR, 'fixtures', 'spanet_official_tiny.pth')
+CONFIG_DIR = osp.join(REPO_ROOT, 'configs')
+SCOPE_OF_TASK = {'classification': 'mmpretrain', 'detection': 'mmdet', 'segmentation': 'mmseg'}
+
+
+def _shipped_configs() -> list:
+    import glob
+    configs = []
+    for task in SCOPE_OF_TASK:
+        for path in sorted(glob.glob(osp.join(CONFIG_DIR, task, '**', '*.py'), recursive=True)):
+            if '_base_' not in path.split(osp.sep):
+                configs.append(osp.relpath(path, CONFIG_DIR))
+    return configs
+
+
+#: Every config users run (paths relative to configs/), the demos included.
+ALL_CONFIGS = _shipped_configs()
+
+
+def load_config(rel_path: str, **options):
+    """A shipped config (path relative to configs/), with ``options`` merged."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, rel_path))
+    if options:
+        cfg.merge_from_dict(options)
+    return cfg
 
 
 def load_tool(path: str):

@@ -38,6 +38,7 @@ model = dict(
 train_dataloader = dict(batch_size=2)
 
 optim_wrapper = dict(
+    constructor='CheckedOptimWrapperConstructor',  # refuses paramwise_cfg typos
     optimizer=dict(_delete_=True, type='AdamW', lr=2e-4, weight_decay=1e-4))
 
 # Total batch 8 = 4 GPUs x 2 images (the official runs); `tools/train.py --auto-scale-lr`

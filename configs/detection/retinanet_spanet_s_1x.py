@@ -46,6 +46,7 @@ model = dict(
 train_dataloader = dict(batch_size=4)
 
 optim_wrapper = dict(
+    constructor='CheckedOptimWrapperConstructor',  # refuses paramwise_cfg typos
     optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, weight_decay=1e-4))
 
 # Total batch 16 = 4 GPUs x 4 images; `tools/train.py --auto-scale-lr` rescales lr for others.

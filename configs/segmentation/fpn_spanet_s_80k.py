@@ -67,6 +67,7 @@ test_dataloader = val_dataloader
 # config names one optimizer.
 optimizer = dict(_delete_=True)
 optim_wrapper = dict(
+    constructor='CheckedOptimWrapperConstructor',  # refuses paramwise_cfg typos
     optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, weight_decay=1e-4),
     clip_grad=None)
 param_scheduler = [

@@ -1,6 +1,6 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
-"""Runner-level reliability (exact resume, checkpoint checks, atomic checkpoint writes), dataset
-checks, the CPU-only workarounds (:mod:`.cpu`: gloo DDP, CPU AMP, mmcv's float32-only ops), and
+"""Runner-level reliability (exact resume, checkpoint checks, atomic checkpoint writes, an
+optimizer constructor refusing ``paramwise_cfg`` settings mmengine would ignore), dataset checks, the CPU-only workarounds (:mod:`.cpu`: gloo DDP, CPU AMP, mmcv's float32-only ops), and
 what the tools do around the Runner (:mod:`.launch`)."""
 from .atomic_fileio import (AtomicLocalBackend, DeferredCheckpointRemovalHook,
                             install_atomic_local_backend)
@@ -11,11 +11,13 @@ from .dataset_checks import (DatasetFormatError, DatasetNotFoundError, check_dat
 from .hooks import (CheckpointCheckHook, CheckpointMismatchError, ExactResumeError,
                     RNGStateHook)
 from .launch import ConfigKeyError, check_cfg_options
+from .optim_constructor import CheckedOptimWrapperConstructor
 
 install_atomic_local_backend()  # checkpoints are written atomically (no truncated files)
 
 __all__ = [
-    'AtomicLocalBackend', 'CPUAmpOptimWrapper', 'CheckpointCheckHook', 'CheckpointMismatchError',
+    'AtomicLocalBackend', 'CPUAmpOptimWrapper', 'CheckedOptimWrapperConstructor',
+    'CheckpointCheckHook', 'CheckpointMismatchError',
     'ConfigKeyError', 'DatasetFormatError', 'DatasetNotFoundError',
     'DeferredCheckpointRemovalHook', 'ExactResumeError', 'RNGStateHook', 'check_cfg_options',
     'check_dataset_formats', 'check_datasets', 'finish_distributed',

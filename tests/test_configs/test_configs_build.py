@@ -5,45 +5,22 @@ official ones in test_recipes.py. Also here: the backbone's Pretrained init from
 configs (missing file -> the conversion command; ``init_cfg=None`` -> from scratch), and the
 RetinaNet layout that leaves no parameter unused under DDP.
 """
-import glob
 import os.path as osp
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import ALL_CONFIGS, CONFIG_DIR, SCOPE_OF_TASK, load_config
 import torch
-from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import spanet_mm  # noqa: F401
 
-CONFIG_DIR = osp.join(REPO_ROOT, 'configs')
-SCOPE_OF_TASK = {'classification': 'mmpretrain', 'detection': 'mmdet', 'segmentation': 'mmseg'}
 TINY_ARCH = dict(layers=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128])
-
-
-def _all_configs():
-    configs = []
-    for task in SCOPE_OF_TASK:
-        for path in sorted(glob.glob(osp.join(CONFIG_DIR, task, '**', '*.py'), recursive=True)):
-            if '_base_' not in path.split(osp.sep):
-                configs.append(osp.relpath(path, CONFIG_DIR))
-    return configs
-
-
-ALL_CONFIGS = _all_configs()
 DET_SEG_CONFIGS = [c for c in ALL_CONFIGS
                    if c.split(osp.sep)[0] in ('detection', 'segmentation') and 'demo' not in c]
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
-
-
-def load(rel_path, **options) -> Config:
-    cfg = Config.fromfile(osp.join(CONFIG_DIR, rel_path))
-    if options:
-        cfg.merge_from_dict(options)
-    return cfg
 
 
 def build_model(cfg):
@@ -75,7 +52,7 @@ RUN_POLICY_HOOKS = ['RNGStateHook', 'CheckpointCheckHook', 'DeferredCheckpointRe
 def test_config_carries_the_run_policy(rel_path):
     """The hooks are in the merged config itself, and the Runner builds them."""
     from mmengine.registry import HOOKS
-    cfg = load(rel_path)
+    cfg = load_config(rel_path)
     assert [h['type'] for h in cfg.custom_hooks] == RUN_POLICY_HOOKS
     assert 'spanet_mm' in cfg.custom_imports['imports']
     for hook in cfg.custom_hooks:
@@ -85,7 +62,7 @@ def test_config_carries_the_run_policy(rel_path):
 @pytest.mark.slow  # the full-size model of every config
 @pytest.mark.parametrize('rel_path', ALL_CONFIGS)
 def test_config_builds_under_its_scope(rel_path):
-    cfg = load(rel_path, **{'model.backbone.init_cfg': None})
+    cfg = load_config(rel_path, **{'model.backbone.init_cfg': None})
     task = rel_path.split(osp.sep)[0]
     assert cfg.default_scope == SCOPE_OF_TASK[task]
     assert cfg.custom_imports == dict(imports=['spanet_mm'], allow_failed_imports=False)
@@ -103,7 +80,7 @@ def test_config_builds_under_its_scope(rel_path):
 @pytest.mark.parametrize('rel_path', DET_SEG_CONFIGS)
 def test_missing_pretrained_file_names_the_conversion(rel_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no checkpoints/ here
-    cfg = load(rel_path)
+    cfg = load_config(rel_path)
     cfg.model.backbone.arch = dict(TINY_ARCH)  # only the init matters here
     cfg.model.neck.in_channels = [[32, 64, 96, 128][i] for i in
                                   _out_indices(cfg.model.backbone.get('out_indices'))]
@@ -125,7 +102,7 @@ def _out_indices(value):
                                       'segmentation/fpn_spanet_s_80k.py'])
 def test_init_cfg_none_trains_from_scratch(rel_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = load(rel_path, **{'model.backbone.init_cfg': None})
+    cfg = load_config(rel_path, **{'model.backbone.init_cfg': None})
     model = build_model(cfg)
     weight = model.backbone.downsample_layers[0].weight.detach().clone()
     model.init_weights()  # no file needed
@@ -137,7 +114,7 @@ def test_retinanet_has_no_unused_parameters():
     """RetinaNet (stages 1-3 into the FPN) gives every trainable parameter a gradient, so DDP
     needs no find_unused_parameters."""
     from mmdet.testing import demo_mm_inputs
-    cfg = load('detection/retinanet_spanet_s_1x.py', **{'model.backbone.init_cfg': None})
+    cfg = load_config('detection/retinanet_spanet_s_1x.py', **{'model.backbone.init_cfg': None})
     cfg.model.backbone.arch = dict(TINY_ARCH)
     cfg.model.neck.in_channels = [64, 96, 128]
     cfg.model.bbox_head.num_classes = 2
