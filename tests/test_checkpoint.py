@@ -1,4 +1,5 @@
 """Runner checkpoints load safely on torch >= 2.6 once spanet_mm is imported."""
+import os.path as osp
 import pickle
 
 import numpy as np
@@ -175,14 +176,14 @@ def dense_runner(work_dir, **kwargs):
                   custom_hooks=[dict(type='CheckpointCheckHook')], **kwargs)
 
 
-def fine_tuning_runner(work_dir, load_from):
+def fine_tuning_runner(work_dir, load_from, resume=False, checkpoint=None):
     """``Runner.train()`` from ``load_from`` for one step at lr 0 (the weights stay)."""
     return dense_runner(
-        work_dir, load_from=load_from, train_cfg=dict(by_epoch=False, max_iters=1),
+        work_dir, load_from=load_from, resume=resume, train_cfg=dict(by_epoch=False, max_iters=1),
         train_dataloader=dict(dataset=_Images(), sampler=dict(type='DefaultSampler'),
                               batch_size=2, collate_fn=dict(type='default_collate')),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.0)),
-        default_hooks=dict(checkpoint=None, logger=None))
+        default_hooks=dict(checkpoint=checkpoint, logger=None))
 
 
 def test_fine_tuning_loads_a_backbone_without_its_output_norms(tmp_path):
@@ -207,6 +208,26 @@ def test_fine_tuning_loads_a_backbone_without_its_output_norms(tmp_path):
     torch.save(dict(state_dict=state), tmp_path / 'short.pth')
     with pytest.raises(CheckpointMismatchError, match='1 missing'):
         fine_tuning_runner(tmp_path / 'run2', str(tmp_path / 'short.pth')).train()
+
+
+def test_a_resume_that_finds_no_checkpoint_says_it_starts_from_scratch(tmp_path):
+    """mmengine starts such a run from scratch (as a preemptible job's first launch needs)
+    and logs only "Auto resumed from the latest checkpoint None"."""
+    def logged(runner):
+        runner.train()
+        return open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+
+    # What --resume without a path sets: resume=True, load_from=None.
+    text = logged(fine_tuning_runner(tmp_path / 'typo', load_from=None, resume=True))
+    assert 'Auto resumed from the latest checkpoint None' in text  # mmengine's own line
+    assert f'Resuming found no checkpoint in the work dir {tmp_path / "typo"}' in text
+    assert 'training starts from scratch' in text
+    # Saved, then resumed: no such warning.
+    logged(fine_tuning_runner(tmp_path / 'run', load_from=None, checkpoint=dict(
+        type='CheckpointHook', interval=1, by_epoch=False)))
+    text = logged(fine_tuning_runner(tmp_path / 'run', load_from=None, resume=True))
+    assert 'Auto resumed from the latest checkpoint' in text and 'iter_1.pth' in text
+    assert 'Resuming found no checkpoint' not in text
 
 
 def test_evaluation_loads_a_checkpoint_with_tensors_the_model_does_not_have(tmp_path):

@@ -46,6 +46,11 @@ class CheckpointCheckHook(Hook):
       resumed checkpoint must also be one the Runner saved in training (with ``meta`` and
       ``message_hub``).
 
+    A resume that finds no checkpoint (``--resume`` without a path, in a work dir that has no
+    ``last_checkpoint``, e.g. a mistyped ``--work-dir``) starts from scratch, as mmengine does
+    (the first launch of a preemptible job relies on it), but with a warning that says so:
+    mmengine logs only "Auto resumed from the latest checkpoint None".
+
     Args:
         strict_prefixes (Sequence[str]): Key prefixes that must all fit when fine-tuning.
             Defaults to ``('backbone.', )``.
@@ -59,6 +64,15 @@ class CheckpointCheckHook(Hook):
                  allowed_missing: Sequence[str] = (r'backbone\.norm\d+\.', )):
         self.strict_prefixes = tuple(strict_prefixes)
         self.allowed_missing = [re.compile(p) for p in allowed_missing]
+
+    def before_train(self, runner) -> None:
+        # Runner.train() has run load_or_resume() by now; _has_loaded says whether it loaded.
+        if getattr(runner, '_resume', False) and not getattr(runner, '_has_loaded', True):
+            runner.logger.warning(
+                f'Resuming found no checkpoint in the work dir {runner.work_dir} (it has no '
+                '`last_checkpoint` file): training starts from scratch. To continue a run, '
+                'give the work dir it saved its checkpoints in (--work-dir), or the checkpoint '
+                'itself (--resume PATH).')
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         model = runner.model
