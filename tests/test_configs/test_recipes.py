@@ -121,6 +121,35 @@ def weight_decay_of(optim_wrapper, model):
     return {name: decay[id(p)] for name, p in model.named_parameters() if p.requires_grad}
 
 
+def official_depth(variant):
+    """Blocks of the official dense backbone of a variant: the number in its config's folder
+    (record: coco.retinanet.configs, ``spanet/S24/...`` for s, ``spanet/S36/...`` for m)."""
+    folder = COCO['retinanet']['configs'][variant].split('/')[1]
+    assert folder[0] == 'S', folder
+    return int(folder[1:])
+
+
+def assert_lr_scaling_only_on_request(cfg):
+    """The lr is the recipe's at auto_scale_lr.base_batch_size; the toolboxes' bases leave
+    ``enable`` False (or unset), so that only ``--auto-scale-lr`` rescales it."""
+    assert not cfg.auto_scale_lr.get('enable', False)
+
+
+def assert_dense_backbone(cfg, variant):
+    """The official dense backbone: the variant's depth, every stage trainable (the official
+    object_detection/mmdet/models/backbones/spanet.py freezes nothing). On the config as
+    loaded (build_model replaces the arch)."""
+    assert cfg.model.backbone.arch == variant
+    layers = spanet_mm.SPANet.arch_settings[cfg.model.backbone.arch]['layers']
+    assert sum(layers) == official_depth(variant)
+    assert cfg.model.backbone.get('frozen_stages', -1) == -1
+
+
+def assert_nothing_frozen(model):
+    frozen = [n for n, p in model.backbone.named_parameters() if not p.requires_grad]
+    assert not frozen, frozen
+
+
 # --- coverage --------------------------------------------------------------------------------
 
 def test_every_leaf_config_is_recorded():
@@ -176,6 +205,10 @@ def test_imagenet_optimizer_and_parameter_groups(variant):
     accumulation = total_batch / (value(official['gpus']) * cfg.train_dataloader.batch_size)
     assert accumulation == int(accumulation) >= 1
     assert cfg.optim_wrapper.get('accumulative_counts', 1) == 1  # default: 1024 on 8 GPUs
+    # OpenMMLab's default layout is 8 GPUs (mmpretrain's imagenet_bs128 data with its bs1024
+    # schedules): there, without accumulation, the batch is the official total.
+    assert 8 * cfg.train_dataloader.batch_size == total_batch
+    assert_lr_scaling_only_on_request(cfg)
     assert cfg.optim_wrapper.get('clip_grad') == value(recipe['clip_grad'])
     assert cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper'  # fp32
     assert not value(IMAGENET['model']['amp'])
@@ -238,6 +271,9 @@ def test_imagenet_augmentation(variant):
     # timm draws one of these per image; mmpretrain takes one (stated in the config header).
     assert value(aug['train_interpolation']) == 'random'
     assert crop.interpolation in value(aug['random_interpolations'])
+    # timm resizes PIL images (timm/data/dataset.py opens them with PIL; torchvision's
+    # transforms resize them with PIL's filters, antialiased when downscaling).
+    assert crop.backend == 'pillow'
 
     flip = find(train, 'RandomFlip')
     assert flip.prob == value(aug['hflip']) and flip.direction == 'horizontal'
@@ -298,6 +334,7 @@ def test_imagenet_eval_crop(variant):
         resize = find(transforms, 'ResizeEdge')
         assert resize.scale == math.floor(size / crop_pct)  # timm: floor(size / crop_pct)
         assert resize.edge == 'short' and resize.interpolation == value(aug['interpolation'])
+        assert resize.backend == 'pillow'  # timm: PIL images, PIL's resize (see above)
         assert find(transforms, 'CenterCrop').crop_size == (size, size)
 
 
@@ -461,6 +498,7 @@ def mmcv_warmup_lr(lr, i):
 def test_coco_recipe(task, variant, converted_checkpoint):
     cfg = load(DET_CONFIGS[(task, variant)])
     recipe, schedule, data = COCO[task], COCO['schedule'], COCO['data']
+    assert_dense_backbone(cfg, variant)
     lr = value(recipe['lr'])
     assert cfg.auto_scale_lr.base_batch_size == value(recipe['total_batch'])
     assert cfg.optim_wrapper.optimizer.lr / cfg.auto_scale_lr.base_batch_size == \
@@ -474,6 +512,15 @@ def test_coco_recipe(task, variant, converted_checkpoint):
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     assert type(optim_wrapper.optimizer).__name__ == value(recipe['optimizer'])
     assert set(weight_decay_of(optim_wrapper, model).values()) == {value(recipe['weight_decay'])}
+    assert_lr_scaling_only_on_request(cfg)
+    assert_nothing_frozen(model)
+    # The official evaluation (SPANet's object_detection/local_configs/_base_/datasets/
+    # coco_detection.py:49 'bbox'; coco_instance.py:49 ['bbox', 'segm']).
+    metrics = {'retinanet': ['bbox'], 'mask_rcnn': ['bbox', 'segm']}[task]
+    for evaluator in (cfg.val_evaluator, cfg.test_evaluator):
+        assert evaluator.type == 'CocoMetric'
+        metric = evaluator.metric
+        assert ([metric] if isinstance(metric, str) else list(metric)) == metrics
 
     # Schedule: 12 epochs, x0.1 at 8 and 11, linear warm-up over the first 500 iterations.
     assert cfg.train_cfg.max_epochs == value(schedule['max_epochs'])
@@ -520,6 +567,7 @@ def test_coco_recipe(task, variant, converted_checkpoint):
 @pytest.mark.parametrize('variant', sorted(SEG_CONFIGS))
 def test_ade20k_recipe(variant, converted_checkpoint):
     cfg = load(SEG_CONFIGS[variant])
+    assert_dense_backbone(cfg, variant)
     lr_per_image = value(ADE['lr_per_16_images']) / 16
     images = value(ADE['iters_at_16']) * 16
     total_batch = cfg.auto_scale_lr.base_batch_size
@@ -536,6 +584,14 @@ def test_ade20k_recipe(variant, converted_checkpoint):
     assert type(optim_wrapper.optimizer).__name__ == value(ADE['optimizer'])
     assert value(ADE['paramwise']) is None
     assert set(weight_decay_of(optim_wrapper, model).values()) == {value(ADE['weight_decay'])}
+    # PVT: optimizer_config = dict() (segmentation/configs/sem_fpn/PVT/fpn_pvt_s_ade20k_40k.py:21),
+    # no gradient clipping.
+    assert cfg.optim_wrapper.get('clip_grad') is None
+    assert_lr_scaling_only_on_request(cfg)
+    assert_nothing_frozen(model)
+    # PVT evaluates mIoU (fpn_pvt_s_ade20k_40k.py:27).
+    for evaluator in (cfg.val_evaluator, cfg.test_evaluator):
+        assert evaluator.type == 'IoUMetric' and list(evaluator.iou_metrics) == ['mIoU']
 
     # Poly, power 0.9, to 0 over the run (mmcv 1.x formula; mmengine ends one step earlier).
     max_iters = cfg.train_cfg.max_iters
@@ -563,6 +619,8 @@ def test_ade20k_recipe(variant, converted_checkpoint):
     for loader in (cfg.val_dataloader, cfg.test_dataloader):
         test = build_transforms(cfg, loader.dataset.pipeline)
         assert find(test, 'Resize').scale == tuple(value(ADE['test_scale']))
+        # AlignResize(keep_ratio=True, ...) (record's test_size_divisor source, ade20k.py:27).
+        assert find(test, 'Resize').keep_ratio
         assert find(test, 'ResizeToMultiple').size_divisor == value(ADE['test_size_divisor'])
     assert cfg.model.neck.out_channels == value(ADE['fpn_out_channels'])
     assert cfg.model.neck.num_outs == value(ADE['fpn_num_outs'])

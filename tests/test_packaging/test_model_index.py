@@ -202,3 +202,38 @@ def test_model_page_tables_match_the_metafile(task):
                 checked += 1
         assert checked >= 2, f'no metafile number on the {task} page for {model["Name"]}'
 
+
+def _record():
+    with open(osp.join(REPO_ROOT, 'tests', 'data', 'official_recipes.yml')) as f:
+        return yaml.safe_load(f)
+
+
+#: The mim task of each metric (OpenMMLab's metafiles: mmdet's Mask R-CNN lists mask AP under
+#: Instance Segmentation).
+TASK_OF_METRIC = {'Top 1 Accuracy': 'Image Classification', 'box AP': 'Object Detection',
+                  'mask AP': 'Instance Segmentation', 'mIoU': 'Semantic Segmentation'}
+
+
+def test_metadata_is_the_official_recipe():
+    """Input size, crop pct, epochs, batch and crop size as the record of the official recipes
+    states them (tests/data/official_recipes.yml), each metric under its task."""
+    record = _record()
+    imagenet, coco, ade = record['imagenet'], record['coco'], record['ade20k']
+    _, models = load_index()
+    seen = set()
+    for model in models:
+        name, meta = model['Name'], model['Metadata']
+        for result in model['Results']:
+            for metric in result['Metrics']:
+                assert result['Task'] == TASK_OF_METRIC[metric], (name, metric)
+        if m := re.fullmatch(r'spanet_(\w+)_in1k', name):
+            assert meta['Input Size'] == imagenet['augmentation']['input_size']['value']
+            assert meta['Crop Pct'] == imagenet['variants'][m.group(1)]['crop_pct']['value'], name
+        elif m := re.fullmatch(r'(retinanet|mask_rcnn)_spanet_[sm]_1x', name):
+            assert meta['Epochs'] == coco['schedule']['max_epochs']['value'], name
+            assert meta['Batch Size'] == coco[m.group(1)]['total_batch']['value'], name
+        else:
+            assert re.fullmatch(r'fpn_spanet_[sm]_80k', name), name
+            assert meta['Crop Size'] == 'x'.join(map(str, ade['crop_size']['value'])), name
+        seen.add(name)
+    assert seen == set(FORMER_NAMES)
