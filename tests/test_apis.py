@@ -91,6 +91,24 @@ def test_init_model_needs_the_head_unless_told_otherwise(tmp_path):
     torch.testing.assert_close(loaded.state_dict()[key], state[key], rtol=0, atol=0)
 
 
+def test_init_model_with_a_checkpoint_skips_the_backbones_pretrained_init(tmp_path):
+    """As mmdet's ``init_detector``: with a checkpoint the backbone's ``Pretrained`` init_cfg
+    is not loaded (its file, e.g. the ImageNet weights of training, need not exist here)."""
+    base = osp.join(REPO_ROOT, 'configs', DEMOS['mmpretrain'])
+    config = tmp_path / 'pretrained.py'
+    missing = tmp_path / 'no_such_imagenet.pth'
+    config.write_text(f"_base_ = '{base}'\n"
+                      "model = dict(backbone=dict(init_cfg=dict(_delete_=True, type='Pretrained',\n"
+                      f"    checkpoint='{missing}', prefix='backbone.')))\n")
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+             for k, v in init_model(base).state_dict().items()}
+    torch.save(dict(state_dict=state), tmp_path / 'ckpt.pth')
+    loaded = init_model(str(config), str(tmp_path / 'ckpt.pth'))
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
+
+
 def test_init_model_refuses_cfg_options_that_nothing_reads():
     from spanet_mm.engine.launch import ConfigKeyError
     config = osp.join(REPO_ROOT, 'configs', DEMOS['mmpretrain'])

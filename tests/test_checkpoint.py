@@ -127,6 +127,34 @@ def test_getattr_reaches_only_the_statistics_of_history_buffer(tmp_path):
         load_local_checkpoint(str(tmp_path / 'sneaky.pth'))
 
 
+def test_getattr_of_a_statistics_name_is_refused_on_other_types(tmp_path):
+    """The statistics names (``max``, ``mean``, ...) are allowed as attributes of HistoryBuffer
+    only: the same name on another allowed type (numpy's ndarray) is refused."""
+
+    class Sneaky:
+
+        def __reduce__(self):
+            return (getattr, (np.ndarray, 'max'))
+
+    torch.save({'x': Sneaky()}, tmp_path / 'sneaky.pth')
+    with pytest.raises(CheckpointLoadError, match='getattr'):
+        load_local_checkpoint(str(tmp_path / 'sneaky.pth'))
+
+
+def test_unreadable_checkpoint_is_not_called_corrupt(runner_checkpoint, monkeypatch):
+    """A file the user may not read raises PermissionError, not "truncated or corrupt,
+    re-download it". Injected: the suite may run as root, which reads any file whatever its
+    mode bits."""
+
+    def denied(filename, *args, **kwargs):
+        raise PermissionError(13, 'Permission denied', str(filename))
+
+    monkeypatch.setattr(torch, 'load', denied)
+    with pytest.raises(PermissionError) as error:
+        load_local_checkpoint(str(runner_checkpoint))
+    assert not isinstance(error.value, CheckpointLoadError)
+
+
 def test_home_relative_path_loads(runner_checkpoint, tmp_path, monkeypatch):
     """``~`` expands as in mmengine's own local loader (``osp.expanduser``)."""
     monkeypatch.setenv('HOME', str(tmp_path))
@@ -176,14 +204,14 @@ def dense_runner(work_dir, **kwargs):
                   custom_hooks=[dict(type='CheckpointCheckHook')], **kwargs)
 
 
-def fine_tuning_runner(work_dir, load_from, resume=False, checkpoint=None):
+def fine_tuning_runner(work_dir, load_from, resume=False, checkpoint=None, **kwargs):
     """``Runner.train()`` from ``load_from`` for one step at lr 0 (the weights stay)."""
     return dense_runner(
         work_dir, load_from=load_from, resume=resume, train_cfg=dict(by_epoch=False, max_iters=1),
         train_dataloader=dict(dataset=_Images(), sampler=dict(type='DefaultSampler'),
                               batch_size=2, collate_fn=dict(type='default_collate')),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.0)),
-        default_hooks=dict(checkpoint=checkpoint, logger=None))
+        default_hooks=dict(checkpoint=checkpoint, logger=None), **kwargs)
 
 
 def test_fine_tuning_loads_a_backbone_without_its_output_norms(tmp_path):
@@ -217,15 +245,19 @@ def test_a_resume_that_finds_no_checkpoint_says_it_starts_from_scratch(tmp_path)
         runner.train()
         return open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
 
-    # What --resume without a path sets: resume=True, load_from=None.
-    text = logged(fine_tuning_runner(tmp_path / 'typo', load_from=None, resume=True))
+    # What --resume without a path sets: resume=True, load_from=None. Each run its own
+    # experiment_name: runners made within a second would otherwise share one logger (and the
+    # first one's log file).
+    text = logged(fine_tuning_runner(tmp_path / 'typo', load_from=None, resume=True,
+                                     experiment_name='typo'))
     assert 'Auto resumed from the latest checkpoint None' in text  # mmengine's own line
     assert f'Resuming found no checkpoint in the work dir {tmp_path / "typo"}' in text
     assert 'training starts from scratch' in text
     # Saved, then resumed: no such warning.
     logged(fine_tuning_runner(tmp_path / 'run', load_from=None, checkpoint=dict(
-        type='CheckpointHook', interval=1, by_epoch=False)))
-    text = logged(fine_tuning_runner(tmp_path / 'run', load_from=None, resume=True))
+        type='CheckpointHook', interval=1, by_epoch=False), experiment_name='saved'))
+    text = logged(fine_tuning_runner(tmp_path / 'run', load_from=None, resume=True,
+                                     experiment_name='resumed'))
     assert 'Auto resumed from the latest checkpoint' in text and 'iter_1.pth' in text
     assert 'Resuming found no checkpoint' not in text
 
@@ -293,3 +325,17 @@ def test_model_state_dict_selects_a_prefix():
     assert list(model_state_dict(saved, 'f.pth')) == ['backbone.x', 'head.y']
     with pytest.raises(CheckpointMismatchError, match="f.pth has no key starting with 'neck.'"):
         model_state_dict(saved, 'f.pth', 'neck')
+
+
+def test_whole_model_refuses_a_head_of_another_shape():
+    """Testing with a head of another number of classes would evaluate a random head: refused
+    with whole_model=True; fine-tuning (the default) starts the new head, with a warning."""
+    own = {'backbone.w': torch.zeros(4), 'head.fc.weight': torch.zeros(10, 4),
+           'head.fc.bias': torch.zeros(10)}
+    saved = {'backbone.w': torch.ones(4), 'head.fc.weight': torch.ones(1000, 4),
+             'head.fc.bias': torch.ones(1000)}
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"another shape for 2 of its other tensors \['head.fc.weight: "
+                       r'checkpoint \(1000, 4\) vs model \(10, 4\)'):
+        check_state_dict(own, saved, whole_model=True)
+    assert check_state_dict(own, saved) is not None

@@ -228,3 +228,11 @@ def test_api_error_type(official_state):
     del official_state['norm.weight']
     with pytest.raises(CheckpointConversionError, match='norm3.weight'):
         convert_official(official_state)
+
+
+def test_file_without_an_output_norm_is_refused(official_state):
+    """Without ``norm.*`` (nor ``norm0/2/4/6.*``) there is no output stage to build SPANet
+    with: a conversion error naming the missing norm, not an assertion from inside SPANet."""
+    del official_state['norm.weight'], official_state['norm.bias']
+    with pytest.raises(CheckpointConversionError, match=r'no output norm \(norm\.\* or'):
+        convert_official(official_state)

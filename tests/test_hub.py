@@ -223,7 +223,10 @@ class _Broken:
 @pytest.mark.parametrize('name, error', [
     ('mmpretrain.apis', ImportError('cannot import name X from a dependency')),
     ('mmpretrain', AssertionError('MMCV==9.9 is used but incompatible')),
-], ids=['broken-dependency', 'version-assert'])
+    # A dependency of mmpretrain that is not installed: ModuleNotFoundError, but not for
+    # mmpretrain itself, which is installed.
+    ('mmpretrain.apis', ModuleNotFoundError("No module named 'mat4py'", name='mat4py')),
+], ids=['broken-dependency', 'version-assert', 'missing-dependency'])
 def test_broken_mmpretrain_warns_and_skips_the_hub(monkeypatch, name, error):
     """Installed but not importable: no hub, and a warning that names the reason (where a
     missing mmpretrain stays silent, above)."""
@@ -234,6 +237,22 @@ def test_broken_mmpretrain_warns_and_skips_the_hub(monkeypatch, name, error):
     with pytest.warns(UserWarning, match=f'mmpretrain.apis could not be imported.*'
                       f'{type(error).__name__}: {error}'):
         assert spanet_mm.hub.register_model_index() is None
+
+
+@pytest.mark.parametrize('aliases, message', [
+    ((['spanet-a'], ['SPANet-A']), 'the alias spanet-a of model_b .* is also an alias of model_a'),
+    ((['model_b'], []), 'the alias model_b of model_a .* is also a model name'),
+], ids=['shared', 'a name'])
+def test_ambiguous_aliases_are_refused(tmp_path, aliases, message):
+    """An alias that two models share, or that is another model's name, would resolve to
+    either: the metafile is refused (aliases are case-insensitive, as ModelHub's names)."""
+    from types import SimpleNamespace
+    metafile = str(tmp_path / 'metafile.yml')
+    hub = SimpleNamespace(_models_dict={
+        name: SimpleNamespace(filepath=metafile, data={'Alias': alias})
+        for name, alias in zip(('model_a', 'model_b'), aliases)})
+    with pytest.raises(ValueError, match=message):
+        spanet_mm.hub._read_aliases(hub, metafile)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,31 @@ def test_built_from_each_scope(scope):
     assert registry.get('SPANet') is spanet_mm.SPANet
 
 
+def test_a_missing_toolbox_is_silent_and_a_missing_dependency_is_reported(
+        tmp_path, monkeypatch, recwarn):
+    """A toolbox that is not installed is skipped without a word (detection needs no mmseg);
+    one that is installed but whose own import fails for a missing dependency
+    (ModuleNotFoundError for another module) is reported, naming the module."""
+    broken = tmp_path / 'spanet_fake_broken'
+    broken.mkdir()
+    (broken / '__init__.py').write_text(
+        "raise ModuleNotFoundError(\"No module named 'some_dependency'\", "
+        "name='some_dependency')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(spanet_mm.registry, 'TOOLBOX_REGISTRIES', {
+        'spanet_fake_missing': 'spanet_fake_missing.registry',
+        'spanet_fake_broken': 'spanet_fake_broken.registry'})
+    monkeypatch.setattr(spanet_mm.registry, 'UNAVAILABLE_TOOLBOXES', {})
+    assert list(spanet_mm.registry._toolbox_registries()) == []
+    unavailable = spanet_mm.registry.UNAVAILABLE_TOOLBOXES
+    assert unavailable['spanet_fake_missing'] == 'not installed'
+    assert 'some_dependency' in unavailable['spanet_fake_broken']
+    warned = [str(w.message) for w in recwarn if 'spanet_mm' in str(w.message)]
+    assert len(warned) == 1, warned
+    assert 'spanet_fake_broken is installed but could not be imported' in warned[0]
+    assert 'some_dependency' in warned[0]
+
+
 def run_with_broken(toolbox, error, build):
     """Imports spanet_mm with `toolbox` shadowed by a package that raises `error` on import."""
     fake_root = os.path.join(os.environ.get('TMPDIR', '/tmp'),

@@ -71,6 +71,35 @@ def test_deferred_removals_keep_the_files_named(tmp_path):
     assert not files[1].exists()
 
 
+@pytest.mark.parametrize('event, args', [
+    ('after_train_iter', (0, )), ('after_train_epoch', ()), ('after_val_epoch', ({}, )),
+    ('after_train', ())])
+def test_deferred_removal_hook_deletes_after_each_save(tmp_path, event, args):
+    """DeferredCheckpointRemovalHook: a CheckpointHook's removal waits, and happens at the
+    end of the train iteration, train epoch or validation in which the hook saved (so a long
+    run keeps max_keep_ckpts files, not all of them until the end); a file the
+    CheckpointHook still names as its last checkpoint is never deleted."""
+    from types import SimpleNamespace
+
+    from mmengine.hooks import CheckpointHook
+
+    from spanet_mm.engine.atomic_fileio import DeferredCheckpointRemovalHook
+    checkpoint_hook = CheckpointHook(interval=1)
+    checkpoint_hook.file_backend = LocalBackend()  # what its before_train sets
+    old, last = tmp_path / 'epoch_1.pth', tmp_path / 'epoch_2.pth'
+    for path in (old, last):
+        path.write_bytes(b'x')
+    checkpoint_hook.last_ckpt = str(last)
+    runner = SimpleNamespace(hooks=[checkpoint_hook])
+    hook = DeferredCheckpointRemovalHook()
+    hook.before_train(runner)
+    checkpoint_hook.file_backend.remove(str(old))
+    checkpoint_hook.file_backend.remove(str(last))
+    assert old.exists() and last.exists()
+    getattr(hook, event)(runner, *args)
+    assert not old.exists() and last.exists()
+
+
 def test_install_replaces_local_backends_cached_before(tmp_path, restored_backends):
     """A plain LocalBackend that mmengine cached (get_file_backend(enable_singleton=True),
     as CheckpointHook and mmengine.fileio.put use) before the install would keep writing

@@ -112,7 +112,9 @@ def test_unconverted_official_checkpoint_names_the_converter():
     own = tiny_state()
     official = {'patch_embed.proj.weight': torch.zeros(1), 'network.0.0.norm1.weight':
                 torch.zeros(1)}
-    with pytest.raises(CheckpointMismatchError, match='spanet_official_to_mm.py'):
+    with pytest.raises(CheckpointMismatchError,
+                       match='looks like an official SPANet file: convert it first with\n'
+                       '  python tools/model_converters/spanet_official_to_mm.py SRC DST'):
         check_state_dict(own, official, source='spanet-small.pth')
 
 
@@ -211,6 +213,23 @@ def test_missing_dataset_under_a_wrapper_names_the_path(tmp_path, wrap):
     (root / 'images' / 'training').mkdir(parents=True)
     (root / 'annotations' / 'training').mkdir(parents=True)
     check_datasets(cfg, 'mmseg', ['train'])  # all there now
+
+
+@pytest.mark.parametrize('listed', [False, True], ids=['metric', 'list of metrics'])
+def test_missing_evaluator_annotation_file_names_the_path(tmp_path, listed):
+    """CocoMetric reads its own ann_file (mmdet's configs point it at the val annotations):
+    missing, it is reported with the dataset paths, before the Runner is built."""
+    ann_file = tmp_path / 'annotations' / 'instances_val2017.json'
+    metric = dict(type='CocoMetric', ann_file=str(ann_file))
+    cfg = Config(dict(val_cfg=dict(), val_evaluator=[metric] if listed else metric,
+                      val_dataloader=dict(dataset=dict(type='CocoDataset',
+                                                       data_root=str(tmp_path)))))
+    with pytest.raises(DatasetNotFoundError, match='Dataset not found') as error:
+        check_datasets(cfg, 'mmdet', ['val'])
+    assert f'val: {ann_file}\n' in str(error.value)
+    ann_file.parent.mkdir()
+    ann_file.write_text('{}')
+    check_datasets(cfg, 'mmdet', ['val'])
 
 
 @pytest.fixture
@@ -432,6 +451,21 @@ def test_coco_without_annotations(coco):
     check_dataset_formats(cfg, 'mmdet', ['val'])
     with pytest.raises(DatasetFormatError, match=r"non-list key\(s\) \['annotations'\]"):
         check_dataset_formats(cfg, 'mmdet', ['train'])
+
+
+def test_coco_without_annotations_and_a_metric_that_evaluates(coco):
+    """format_only spares the ground truth only when every evaluator only writes predictions:
+    next to one that evaluates (mAP -1 without annotations), the file is still refused."""
+    tmp_path, data = coco
+    data['annotations'] = []
+    path = tmp_path / 'empty.json'
+    path.write_text(json.dumps(data))
+    cfg = Config(dict(val_cfg=dict(), val_dataloader=dict(dataset=dict(
+        type='CocoDataset', ann_file=str(path), test_mode=True)), val_evaluator=[
+            dict(type='CocoMetric', ann_file=str(path), format_only=True),
+            dict(type='CocoMetric', ann_file=str(path))]))
+    with pytest.raises(DatasetFormatError, match='empty.json has no annotations'):
+        check_dataset_formats(cfg, 'mmdet', ['val'])
 
 
 def write_png(path, array):

@@ -217,6 +217,17 @@ def test_train_flags_as_mmpretrain_train_py(flag, scope, tmp_path, monkeypatch):
     assert checked == (['train'] if flag == '--no-validate' else ['train', 'val'])
 
 
+def test_dataloader_flags_together_as_mmpretrain_train_py(tmp_path, monkeypatch):
+    """--no-pin-memory and --no-persistent-workers on one command line: both apply, in every
+    dataloader, as with mmpretrain's tools/train.py (the whole config is the same)."""
+    argv = [CLS, '--work-dir', tmp_path, '--no-pin-memory', '--no-persistent-workers']
+    ours = built_runner(load_tool('tools/train.py'), argv, monkeypatch).cfg
+    theirs = built_runner(upstream_tool('mmpretrain', 'train.py'), argv, monkeypatch).cfg
+    assert ours.to_dict() == theirs.to_dict()
+    for flag in ('--no-pin-memory', '--no-persistent-workers'):
+        assert TRAIN_FLAGS[flag](ours) == [False] * 3, flag
+
+
 TEST_FLAGS = {
     '--amp': lambda cfg: cfg.test_cfg,
     '--no-pin-memory': lambda cfg: cfg.test_dataloader.get('pin_memory'),
