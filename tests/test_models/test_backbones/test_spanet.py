@@ -26,6 +26,10 @@ def build(**kwargs):
     (dict(TINY, depths=[1, 1, 1, 1]), 'Unknown arch keys'),
     (dict(layers=[1, 1], embed_dims=[8, 16]), 'give "radius"'),
     (dict(layers=[1, 0, 1, 1], embed_dims=[8, 16, 24, 32]), 'positive ints'),
+    (dict(layers=[1, 1, 1, 1], embed_dims=[8, 0, 24, 32]), '"embed_dims" must be positive ints'),
+    # A negative radius builds no low-rank modes, while the FFT mask still has a circle at
+    # radius**2: the two formulations would disagree silently.
+    (dict(TINY, radius=[2, 2, 1, -1]), '"radius" must be non-negative ints'),
 ])
 def test_arch_validation(arch, message):
     with pytest.raises(AssertionError, match=message):
@@ -108,6 +112,22 @@ def test_out_indices(out_indices, stages):
         (2, TINY['embed_dims'][i], 64 // 2**(i + 2), 96 // 2**(i + 2)) for i in stages]
     assert {n for n, _ in model.named_children() if n.startswith('norm')} == {
         f'norm{i}' for i in stages}
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'nhwc'])
+def test_outputs_keep_the_input_memory_format(channels_last):
+    """The stages run NHWC on CPU whatever the input, but every output comes back in the
+    input's layout, as a plain conv's would (a caller's .view() on an NCHW output works)."""
+    model = build(out_indices=(0, 1, 2, 3)).eval()
+    x = torch.rand(2, 3, 64, 96)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        outs = model(x)
+    for i, out in enumerate(outs):
+        assert out.is_contiguous(memory_format=fmt), i
+        assert out.is_contiguous() != channels_last, i  # 2x3 maps or more: the two differ
 
 
 @pytest.mark.parametrize('out_indices', [4, -5, (0, 4), (1, 1), (), '0', (0.5, )])
@@ -372,6 +392,42 @@ def test_weights_of_another_arch_are_refused_by_every_loader(other, message, loa
     with pytest.raises(CheckpointMismatchError, match=message):
         load(_weights(other))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_weights_of_another_model_are_named_so():
+    """A state dict with no SPANet key at all (an upstream ResNet's) is refused as another
+    model's weights, not as a SPANet of another arch."""
+    from mmpretrain.models import ResNet
+    from spanet_mm.checkpoint import CheckpointMismatchError
+    with pytest.raises(CheckpointMismatchError, match='they are weights of another model'):
+        build().load_state_dict(ResNet(depth=18).state_dict(), strict=False)
+
+
+@pytest.mark.parametrize('load_out_norms, from_file', [
+    (None, [0, 1, 2, 3]), ((), []), ((3, ), [3]), ((-1, 0), [0, 3])])
+def test_load_out_norms_picks_the_output_norms_read_from_the_file(tmp_path, load_out_norms,
+                                                                  from_file):
+    """``init_cfg.load_out_norms`` (stage indices, negatives from the end) names the output
+    norms read from the file; the others start as identity, as the official dense backbone's
+    new GroupNorms (tests/data/official_recipes.yml, dense_init: weight 1, bias 0). The
+    stages are read in every case."""
+    gen = torch.Generator().manual_seed(0)
+    saved = {k: torch.rand(v.shape, generator=gen) + 0.5
+             for k, v in _weights(TINY, out_indices=(0, 1, 2, 3)).items()}
+    path = tmp_path / 'det.pth'
+    torch.save(dict(state_dict={f'backbone.{k}': v for k, v in saved.items()}), path)
+    init_cfg = dict(type='Pretrained', checkpoint=str(path), prefix='backbone.')
+    if load_out_norms is not None:
+        init_cfg['load_out_norms'] = load_out_norms
+    model = build(out_indices=(0, 1, 2, 3), init_cfg=init_cfg)
+    model.init_weights()
+    own = model.state_dict()
+    new_norms = {f'norm{i}' for i in range(4) if i not in from_file}
+    for key, value in saved.items():
+        expected = value
+        if key.split('.')[0] in new_norms:
+            expected = torch.full_like(value, 1. if key.endswith('.weight') else 0.)
+        assert torch.equal(own[key], expected), key
 
 
 def test_partial_and_own_weights_still_load():
