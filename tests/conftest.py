@@ -77,6 +77,19 @@ def convert_official_file(src, dst) -> str:
     return str(dst)
 
 
+def fixture_arch(fixture):
+    """The official fixture's arch as a SPANet ``arch`` dict."""
+    return {k: fixture['arch'][k] for k in ('layers', 'embed_dims', 'mlp_ratios', 'radius')}
+
+
+def dense_official_checkpoint(fixture):
+    """An official detector-style file: dense backbone keys under `backbone.`, inside `model`."""
+    state = {k: v for k, v in fixture['classification']['state_dict'].items()
+             if not k.startswith(('norm.', 'head.')) and not k.endswith('.filter')}
+    state.update(fixture['dense']['extra_state_dict'])
+    return {'model': {f'backbone.{k}': v for k, v in state.items()}}
+
+
 def in_ci() -> bool:
     """CI runs the suite with CI=true: there a missing fixture is a failure, not a skip."""
     return os.environ.get('CI', '').lower() == 'true'
@@ -93,11 +106,31 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
+def cuda_device_name():
+    """The GPU the ``cuda`` tests run on, or None where torch sees none."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def pytest_report_header(config):
+    name = cuda_device_name()
+    return (f'cuda tests: run on {name}' if name else
+            'cuda tests: deselected, torch sees no CUDA device (run them on a GPU machine '
+            "with `pytest tests -m cuda`)")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files with the most ``slow`` tests first. pytest-xdist (``--dist loadfile``) hands out
+    """Without a CUDA device the ``cuda`` tests are deselected, as the header says (the
+    summary counts them), instead of skipped one by one.
+
+    Files with the most ``slow`` tests first. pytest-xdist (``--dist loadfile``) hands out
     whole files in collection order as workers free up: started early, the long files no
     longer leave one worker running alone at the end while the other idles (longest first).
     The order within a file is kept; no test depends on the order of files."""
+    if cuda_device_name() is None:
+        cuda = [item for item in items if item.get_closest_marker('cuda')]
+        if cuda:
+            config.hook.pytest_deselected(items=cuda)
+            items[:] = [item for item in items if not item.get_closest_marker('cuda')]
     slow = {}
     for item in items:
         slow[item.path] = slow.get(item.path, 0) + bool(item.get_closest_marker('slow'))
@@ -158,6 +191,48 @@ def perturbed(module: torch.nn.Module) -> torch.nn.Module:
     return module.eval()
 
 
+class CallRecorder:
+    """Forward hooks on every submodule, recording the names of the modules called."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handles = [
+            module.register_forward_hook(lambda m, i, o, name=name: self.calls.append(name))
+            for name, module in model.named_modules() if name]
+
+    def take(self):
+        calls, self.calls = self.calls, []
+        return calls
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def expected_calls(model, impl):
+    """Every submodule of the architecture, in its order of application, once.
+
+    Block order: norm1, token mixer (proj_in, 1x7, 7x1, [the pw_i in the FFT form], proj_out),
+    drop path, norm2, mlp (fc1, act, fc2), drop path; a hook fires when its module returns.
+    """
+    calls = []
+    for i, stage in enumerate(model.stages):
+        calls.append(f'downsample_layers.{i}')
+        for j in range(len(stage)):
+            b = f'stages.{i}.{j}'
+            mixer = [f'{b}.token_mixer.proj_in', f'{b}.token_mixer.dwconv_1x7',
+                     f'{b}.token_mixer.dwconv_7x1']
+            if impl == 'fft':
+                mixer += [f'{b}.token_mixer.spectral_projs.{k}' for k in range(3)]
+            mixer += [f'{b}.token_mixer.proj_out', f'{b}.token_mixer']
+            calls += [f'{b}.norm1'] + mixer + [f'{b}.drop_path', f'{b}.norm2', f'{b}.mlp.fc1',
+                                               f'{b}.mlp.act', f'{b}.mlp.fc2', f'{b}.mlp',
+                                               f'{b}.drop_path', b]
+        calls.append(f'stages.{i}')
+        calls.append(f'norm{i}')
+    return calls
+
+
 class OpCall(NamedTuple):
     name: str  # the operator's overload packet, e.g. 'gelu'
     dtypes: Tuple[torch.dtype, ...]  # of its tensor arguments
@@ -210,6 +285,8 @@ def global_state() -> dict:
         'torch.backends.cudnn.benchmark': torch.backends.cudnn.benchmark,
         'torch.get_num_threads()': torch.get_num_threads(),
         'torch.get_default_dtype()': torch.get_default_dtype(),
+        'torch.backends.cudnn.allow_tf32': torch.backends.cudnn.allow_tf32,
+        'torch.backends.cuda.matmul.allow_tf32': torch.backends.cuda.matmul.allow_tf32,
         'torch.is_grad_enabled()': torch.is_grad_enabled(),
         "os.environ['CUBLAS_WORKSPACE_CONFIG']": os.environ.get('CUBLAS_WORKSPACE_CONFIG'),
     }
@@ -224,6 +301,8 @@ def restore_global_state(state: dict) -> None:
     if torch.get_num_threads() != state['torch.get_num_threads()']:
         torch.set_num_threads(state['torch.get_num_threads()'])
     torch.set_default_dtype(state['torch.get_default_dtype()'])
+    torch.backends.cudnn.allow_tf32 = state['torch.backends.cudnn.allow_tf32']
+    torch.backends.cuda.matmul.allow_tf32 = state['torch.backends.cuda.matmul.allow_tf32']
     torch.set_grad_enabled(state['torch.is_grad_enabled()'])
     cublas = state["os.environ['CUBLAS_WORKSPACE_CONFIG']"]
     if cublas is None:

@@ -76,12 +76,17 @@ def test_sets_dtype_and_grad_mode():
     torch.set_grad_enabled(False)
 
 
+def test_turns_tf32_off():  # what an exact float32 comparison on a GPU does
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def test_state_is_back_after_the_leaks():
     assert not torch.are_deterministic_algorithms_enabled()
     assert not torch.backends.cudnn.deterministic
     assert 'CUBLAS_WORKSPACE_CONFIG' not in os.environ
     assert torch.get_num_threads() == 1  # OMP_NUM_THREADS=1
     assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
+    assert torch.backends.cudnn.allow_tf32
 
 
 def test_declared_and_restored(restored_global_state):
@@ -120,6 +125,7 @@ def test_global_state_leaks_fail_and_are_restored(tmp_path):
         'test_a_leaks.py::test_sets_dtype_and_grad_mode': [
             'torch.get_default_dtype(): torch.float32 -> torch.float64',
             'torch.is_grad_enabled(): True -> False'],
+        'test_a_leaks.py::test_turns_tf32_off': ['torch.backends.cudnn.allow_tf32: True -> False'],
         'test_b_module_fixture.py (a module-scoped fixture)': [
             'torch.backends.cudnn.benchmark: False -> True'],
     }
@@ -131,7 +137,40 @@ def test_global_state_leaks_fail_and_are_restored(tmp_path):
         for change in changes:
             assert change in report, (who, change, report)
     # The tests after a leak see the state as it was (no failure); declaring it is no leak.
-    assert re.search(r'\b7 passed, 5 errors\b', output), output[-4000:]
+    assert re.search(r'\b8 passed, 6 errors\b', output), output[-4000:]
+
+
+CUDA_AND_PLAIN_TESTS = '''
+import pytest
+
+
+@pytest.mark.cuda
+def test_on_the_gpu():
+    pass
+
+
+def test_anywhere():
+    pass
+'''
+
+
+def test_cuda_tests_deselected_without_a_gpu(tmp_path):
+    """Where torch sees no CUDA device the ``cuda`` tests are deselected (counted, and named
+    in the header), not skipped one by one; on a GPU machine they run."""
+    import torch
+    shutil.copy(os.path.join(REPO_ROOT, 'tests', 'conftest.py'), tmp_path)
+    (tmp_path / 'pytest.ini').write_text('[pytest]\naddopts = --strict-markers\nmarkers =\n'
+                                         '    cuda: needs a CUDA GPU\n')
+    (tmp_path / 'test_devices.py').write_text(CUDA_AND_PLAIN_TESTS)
+    result = run_pytest(['-rA', 'test_devices.py'], tmp_path, {})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    if torch.cuda.is_available():
+        assert re.search(r'\b2 passed\b', output) and 'cuda tests: run on' in output, output
+    else:
+        assert re.search(r'\b1 passed, 1 deselected\b', output), output[-3000:]
+        assert 'cuda tests: deselected, torch sees no CUDA device' in output
+        assert 'test_on_the_gpu' not in output and 'SKIPPED' not in output
 
 
 THREAD_PROBE = '''

@@ -7,13 +7,9 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
-from conftest import REPO_ROOT, convert_official_file
+from conftest import REPO_ROOT, convert_official_file, dense_official_checkpoint, fixture_arch
 
 TOLERANCE = 1e-4
-
-
-def fixture_arch(fixture):
-    return {k: fixture['arch'][k] for k in ('layers', 'embed_dims', 'mlp_ratios', 'radius')}
 
 
 @pytest.fixture(scope='module')
@@ -44,14 +40,6 @@ def test_classifier_logits(official_fixture, converted_classifier, impl):
     expected = official_fixture['classification']['logits']
     assert logits.shape == expected.shape
     assert (logits - expected).abs().max() <= TOLERANCE
-
-
-def dense_official_checkpoint(fixture):
-    """An official detector-style file: dense backbone keys under `backbone.`, inside `model`."""
-    state = {k: v for k, v in fixture['classification']['state_dict'].items()
-             if not k.startswith(('norm.', 'head.')) and not k.endswith('.filter')}
-    state.update(fixture['dense']['extra_state_dict'])
-    return {'model': {f'backbone.{k}': v for k, v in state.items()}}
 
 
 @pytest.mark.parametrize('impl', IMPLS)

@@ -8,7 +8,7 @@ the forward code.
 import pytest
 import torch
 
-from conftest import rel_err, saved_bytes
+from conftest import CallRecorder, expected_calls, rel_err, saved_bytes
 from spanet_mm.models import SPANet
 from spanet_mm.models.layers import SpectralPoolingMixer
 
@@ -22,48 +22,6 @@ def small_spanet(impl='auto', **kwargs):
                    **kwargs)
     model.init_weights()
     return model
-
-
-class CallRecorder:
-    """Forward hooks on every submodule, recording the names of the modules called."""
-
-    def __init__(self, model):
-        self.calls = []
-        self.handles = [
-            module.register_forward_hook(lambda m, i, o, name=name: self.calls.append(name))
-            for name, module in model.named_modules() if name]
-
-    def take(self):
-        calls, self.calls = self.calls, []
-        return calls
-
-    def remove(self):
-        for handle in self.handles:
-            handle.remove()
-
-
-def expected_calls(model, impl):
-    """Every submodule of the architecture, in its order of application, once.
-
-    Block order: norm1, token mixer (proj_in, 1x7, 7x1, [the pw_i in the FFT form], proj_out),
-    drop path, norm2, mlp (fc1, act, fc2), drop path; a hook fires when its module returns.
-    """
-    calls = []
-    for i, stage in enumerate(model.stages):
-        calls.append(f'downsample_layers.{i}')
-        for j in range(len(stage)):
-            b = f'stages.{i}.{j}'
-            mixer = [f'{b}.token_mixer.proj_in', f'{b}.token_mixer.dwconv_1x7',
-                     f'{b}.token_mixer.dwconv_7x1']
-            if impl == 'fft':
-                mixer += [f'{b}.token_mixer.spectral_projs.{k}' for k in range(3)]
-            mixer += [f'{b}.token_mixer.proj_out', f'{b}.token_mixer']
-            calls += [f'{b}.norm1'] + mixer + [f'{b}.drop_path', f'{b}.norm2', f'{b}.mlp.fc1',
-                                               f'{b}.mlp.act', f'{b}.mlp.fc2', f'{b}.mlp',
-                                               f'{b}.drop_path', b]
-        calls.append(f'stages.{i}')
-        calls.append(f'norm{i}')
-    return calls
 
 
 def run_mode(model, x, mode):
