@@ -45,30 +45,31 @@ def native_cpu(monkeypatch):
     set_cpu_kernels(monkeypatch, native=True)
 
 
-def expected_under_autocast(fn, x):
-    """What the layer must return under CPU bfloat16 autocast on such a CPU: the float32
-    result in bfloat16."""
+def expected_under_autocast(fn, x, dtype=torch.bfloat16):
+    """What the layer must return under CPU ``dtype`` autocast on such a CPU: the float32
+    result in ``dtype``."""
     with torch.no_grad():
-        return fn(x.float()).bfloat16()
+        return fn(x.float()).to(dtype)
 
 
 @pytest.mark.parametrize('kind', sorted(CONVS))
 @pytest.mark.parametrize('layout', ['nchw', 'nhwc'])
-@pytest.mark.parametrize('input_dtype', [torch.float32, torch.bfloat16], ids=['fp32', 'bf16'])
-def test_conv_under_cpu_autocast(kind, layout, input_dtype, emulating_cpu):
+@pytest.mark.parametrize('input_is_half', [False, True], ids=['fp32_input', 'half_input'])
+@pytest.mark.parametrize('half', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_conv_under_cpu_autocast(kind, layout, half, input_is_half, emulating_cpu):
     torch.manual_seed(0)
     conv = AutocastConv2d(**CONVS[kind])
     reference = torch.nn.Conv2d(**CONVS[kind])
     reference.load_state_dict(conv.state_dict())
-    x = torch.randn(2, conv.in_channels, 23, 29).to(input_dtype)
+    x = torch.randn(2, conv.in_channels, 23, 29).to(half if input_is_half else torch.float32)
     if layout == 'nhwc':
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        with torch.autocast('cpu', dtype=torch.bfloat16):
+        with torch.autocast('cpu', dtype=half):
             got = conv(x)
         outside = conv(x.float())
-    assert got.dtype == torch.bfloat16  # autocast's dtype contract
-    torch.testing.assert_close(got, expected_under_autocast(reference, x), atol=0, rtol=0)
+    assert got.dtype == half  # autocast's dtype contract
+    torch.testing.assert_close(got, expected_under_autocast(reference, x, half), atol=0, rtol=0)
     # Outside autocast: exactly nn.Conv2d.
     torch.testing.assert_close(outside, reference(x.float()), atol=0, rtol=0)
 
