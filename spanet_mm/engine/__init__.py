@@ -1,7 +1,9 @@
 # Copyright (c) spanet_mm contributors. All rights reserved.
 """Runner-level reliability (exact resume, checkpoint checks, atomic checkpoint writes, an
-optimizer constructor refusing ``paramwise_cfg`` settings mmengine would ignore), dataset checks, the CPU-only workarounds (:mod:`.cpu`: gloo DDP, CPU AMP, mmcv's float32-only ops), and
-what the tools do around the Runner (:mod:`.launch`)."""
+optimizer constructor refusing ``paramwise_cfg`` settings mmengine would ignore), dataset
+checks, the CPU-only workarounds (:mod:`.cpu`: gloo DDP, CPU AMP, mmcv's float32-only ops), and
+what the tools do around the Runner (:mod:`.launch`; tools/test.py's per-toolbox options:
+:mod:`.evaluation_options`)."""
 from .atomic_fileio import (AtomicLocalBackend, DeferredCheckpointRemovalHook,
                             install_atomic_local_backend)
 from .cpu import (CPUAmpOptimWrapper, finish_distributed, prepare_cpu_distributed,

@@ -9,6 +9,7 @@ import pytest
 from mmengine.config import Config
 
 from conftest import REPO_ROOT, load_tool
+from spanet_mm.engine.evaluation_options import SET_OUT, SET_SHOW_DIR, enable_tta
 from spanet_mm.engine.launch import (ToolOptionError, enable_amp, enable_auto_scale_lr,
                                      set_work_dir)
 
@@ -52,25 +53,23 @@ def test_amp_refuses_another_wrapper():
 
 
 def test_tta_wraps_the_model_with_flips():
-    tool = load_tool('tools/test.py')
     cfg = Config.fromfile(DEMO_CLS)
     classifier = cfg.model
-    tool.enable_tta(cfg, 'mmpretrain')
+    enable_tta(cfg, 'mmpretrain')
     assert cfg.model.type == 'AverageClsScoreTTA' and cfg.model.module == classifier
     tta = cfg.test_dataloader.dataset.pipeline[-1]
     assert tta.type == 'TestTimeAug'
     assert [flip.prob for flip in tta.transforms[0]] == [1., 0.]  # flipped and as is
     box_only = Config.fromfile(RETINANET)
-    tool.enable_tta(box_only, 'mmdet')
+    enable_tta(box_only, 'mmdet')
     assert box_only.model.type == 'DetTTAModel'
 
 
 def test_tta_refuses_instance_segmentation():
     """mmdet's DetTTAModel asserts 'TTA of instance segmentation does not support now.' at the
     first batch; the tool says so before anything runs."""
-    tool = load_tool('tools/test.py')
     with pytest.raises(ToolOptionError, match='no test-time augmentation for instance'):
-        tool.enable_tta(Config.fromfile(DEMO_DET), 'mmdet')
+        enable_tta(Config.fromfile(DEMO_DET), 'mmdet')
 
 
 def test_benchmark_ratios():
@@ -85,7 +84,6 @@ def test_benchmark_ratios():
 
 def test_show_dir_and_out_as_upstreams_test_tools(tmp_path, monkeypatch):
     """--show-dir and --out change the config as each toolbox's own tools/test.py does."""
-    ours = load_tool('tools/test.py')
     show, out = str(tmp_path / 'show'), str(tmp_path / 'out')
 
     # mmpretrain: merge_args() with the tool's own parser.
@@ -93,7 +91,7 @@ def test_show_dir_and_out_as_upstreams_test_tools(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, 'argv', ['test.py', DEMO_CLS, 'c.pth', '--show-dir', show])
     theirs = upstream.merge_args(Config.fromfile(DEMO_CLS), upstream.parse_args())
     cfg = Config.fromfile(DEMO_CLS)
-    ours.SET_SHOW_DIR['mmpretrain'](cfg, show)
+    SET_SHOW_DIR['mmpretrain'](cfg, show)
     keys = ('type', 'enable', 'out_dir', 'interval')
     assert {k: cfg.default_hooks.visualization[k] for k in keys} == \
         {k: theirs.default_hooks.visualization[k] for k in keys}
@@ -103,10 +101,10 @@ def test_show_dir_and_out_as_upstreams_test_tools(tmp_path, monkeypatch):
     args = argparse.Namespace(show=False, show_dir=show, wait_time=2)
     theirs = trigger_visualization_hook(Config.fromfile(DEMO_DET), args)
     cfg = Config.fromfile(DEMO_DET)
-    ours.SET_SHOW_DIR['mmdet'](cfg, show)
+    SET_SHOW_DIR['mmdet'](cfg, show)
     assert cfg.default_hooks.visualization == theirs.default_hooks.visualization
     with pytest.raises(ToolOptionError, match='--out must be a .pkl or .pickle file'):
-        ours.SET_OUT['mmdet'](cfg, out + '.json')
+        SET_OUT['mmdet'](cfg, out + '.json')
 
     # mmseg: its tool's trigger_visualization_hook(); its --out is two lines of its main(),
     # copied here (output_dir and keep_results on the test evaluator).
@@ -115,8 +113,8 @@ def test_show_dir_and_out_as_upstreams_test_tools(tmp_path, monkeypatch):
     theirs.test_evaluator['output_dir'] = out
     theirs.test_evaluator['keep_results'] = True
     cfg = Config.fromfile(DEMO_SEG)
-    ours.SET_SHOW_DIR['mmseg'](cfg, show)
-    ours.SET_OUT['mmseg'](cfg, out)
+    SET_SHOW_DIR['mmseg'](cfg, show)
+    SET_OUT['mmseg'](cfg, out)
     assert cfg.visualizer.save_dir == theirs.visualizer.save_dir == show
     assert cfg.default_hooks.visualization.draw is theirs.default_hooks.visualization.draw
     assert cfg.test_evaluator == theirs.test_evaluator

@@ -1,9 +1,11 @@
 """The tools are scripts on the installed package, as upstream's are: none of them edits
 ``sys.path`` (with the package installed, a repository prepended there could shadow it with
 another checkout), and tools/train.py and tools/test.py import neither each other nor any
-other tool. Read from the sources' syntax trees."""
+other tool, and are no longer than the shortest of the toolboxes' own. Read from the sources'
+syntax trees."""
 import ast
 import glob
+import importlib
 import os.path as osp
 
 import pytest
@@ -46,3 +48,21 @@ def test_train_and_test_import_no_other_tool(tool):
     modules = imported_modules(osp.join(REPO_ROOT, 'tools', tool))
     tools = {m for m in modules if m.split('.')[0] in TOOL_MODULES | {'tools'}}
     assert not tools, f'tools/{tool} imports {sorted(tools)}'
+
+
+def lines_of_code(path):
+    """Lines that are neither blank nor comments (docstrings count: they are the usage)."""
+    with open(path) as f:
+        return sum(1 for line in f if line.strip() and not line.lstrip().startswith('#'))
+
+
+@pytest.mark.parametrize('tool', ['train.py', 'test.py'])
+def test_train_and_test_as_thin_as_the_toolboxes_own(tool):
+    """One tool serves three tasks, yet is no longer than the shortest of mmdet's, mmseg's and
+    mmpretrain's own (their packaged tools/, .mim)."""
+    upstream = {
+        box: lines_of_code(osp.join(osp.dirname(importlib.import_module(box).__file__), '.mim',
+                                    'tools', tool))
+        for box in ('mmdet', 'mmseg', 'mmpretrain')}
+    ours = lines_of_code(osp.join(REPO_ROOT, 'tools', tool))
+    assert ours <= min(upstream.values()), (ours, upstream)
