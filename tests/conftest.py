@@ -119,8 +119,8 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Without a CUDA device the ``cuda`` tests are deselected, as the header says (the
-    summary counts them), instead of skipped one by one.
+    """Without a CUDA device the ``cuda`` tests are deselected, as the header says (a
+    run without xdist counts them in its summary), instead of skipped one by one.
 
     Files with the most ``slow`` tests first. pytest-xdist (``--dist loadfile``) hands out
     whole files in collection order as workers free up: started early, the long files no

@@ -262,6 +262,33 @@ def test_a_resume_that_finds_no_checkpoint_says_it_starts_from_scratch(tmp_path)
     assert 'Resuming found no checkpoint' not in text
 
 
+def test_a_fresh_run_into_an_earlier_runs_work_dir_warns_it_overwrites(tmp_path):
+    """mmengine overwrites an earlier run's iter_N.pth / epoch_N.pth without a word when a
+    run that does not resume is started in its work dir."""
+    seen = {}
+
+    def logged(runner):
+        """What ``runner.train()`` logs (runs in one work dir within a second share a log)."""
+        path = osp.join(runner.log_dir, f'{runner.timestamp}.log')
+        runner.train()
+        text = open(path).read()
+        start, seen[path] = seen.get(path, 0), len(text)
+        return text[start:]
+
+    save = dict(type='CheckpointHook', interval=1, by_epoch=False)
+    first = logged(fine_tuning_runner(tmp_path / 'run', load_from=None, checkpoint=save,
+                                      experiment_name='first'))
+    assert 'holds the checkpoints of an earlier run' not in first
+    again = logged(fine_tuning_runner(tmp_path / 'run', load_from=None, checkpoint=save,
+                                      experiment_name='again'))
+    assert (f'The work dir {tmp_path / "run"} holds the checkpoints of an earlier run (the '
+            f'last: {tmp_path / "run" / "iter_1.pth"})') in again
+    assert 'overwrites those of the same name' in again and '--resume' in again
+    resumed = logged(fine_tuning_runner(tmp_path / 'run', load_from=None, resume=True,
+                                        checkpoint=save, experiment_name='resumed'))
+    assert 'holds the checkpoints of an earlier run' not in resumed
+
+
 def test_evaluation_loads_a_checkpoint_with_tensors_the_model_does_not_have(tmp_path):
     """A file trained with an auxiliary head, tested with a config without it: every tensor
     of the model fits, so it is evaluated (mmengine logs the extra keys); extra tensors inside

@@ -11,6 +11,7 @@ What may be missing depends on why the Runner loads the file. Fine-tuning (``loa
 ``--resume`` may not: a head missing there would be evaluated, or trained on, with random
 weights.
 """
+import os.path as osp
 import re
 from typing import Sequence
 
@@ -49,7 +50,9 @@ class CheckpointCheckHook(Hook):
     A resume that finds no checkpoint (``--resume`` without a path, in a work dir that has no
     ``last_checkpoint``, e.g. a mistyped ``--work-dir``) starts from scratch, as mmengine does
     (the first launch of a preemptible job relies on it), but with a warning that says so:
-    mmengine logs only "Auto resumed from the latest checkpoint None".
+    mmengine logs only "Auto resumed from the latest checkpoint None". A run that does not
+    resume, in a work dir that holds an earlier run's checkpoints (its ``last_checkpoint``),
+    warns that it will overwrite those of the same name, as mmengine does silently.
 
     Args:
         strict_prefixes (Sequence[str]): Key prefixes that must all fit when fine-tuning.
@@ -73,6 +76,15 @@ class CheckpointCheckHook(Hook):
                 '`last_checkpoint` file): training starts from scratch. To continue a run, '
                 'give the work dir it saved its checkpoints in (--work-dir), or the checkpoint '
                 'itself (--resume PATH).')
+        earlier = osp.join(runner.work_dir, 'last_checkpoint')
+        if not getattr(runner, '_resume', False) and osp.isfile(earlier):
+            with open(earlier) as f:
+                last = f.read().strip()
+            runner.logger.warning(
+                f'The work dir {runner.work_dir} holds the checkpoints of an earlier run (the '
+                f'last: {last}). This run starts afresh and overwrites those of the same name '
+                'as it saves its own. To continue that run, resume it (--resume); to keep '
+                'both, give this run another work dir (--work-dir).')
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         model = runner.model
