@@ -106,13 +106,10 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
-def cuda_device_name():
-    """The GPU the ``cuda`` tests run on, or None where torch sees none."""
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
-
-
 def pytest_report_header(config):
-    name = cuda_device_name()
+    # Only the header names the GPU: get_device_name() creates a CUDA context, which the
+    # collection hook below (also run in every xdist worker) must not do before forking.
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return (f'cuda tests: run on {name}' if name else
             'cuda tests: deselected, torch sees no CUDA device (run them on a GPU machine '
             "with `pytest tests -m cuda`)")
@@ -126,7 +123,7 @@ def pytest_collection_modifyitems(config, items):
     whole files in collection order as workers free up: started early, the long files no
     longer leave one worker running alone at the end while the other idles (longest first).
     The order within a file is kept; no test depends on the order of files."""
-    if cuda_device_name() is None:
+    if not torch.cuda.is_available():
         cuda = [item for item in items if item.get_closest_marker('cuda')]
         if cuda:
             config.hook.pytest_deselected(items=cuda)

@@ -1,6 +1,7 @@
 """Runner checkpoints load safely on torch >= 2.6 once spanet_mm is imported."""
 import os.path as osp
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -275,18 +276,34 @@ def test_a_fresh_run_into_an_earlier_runs_work_dir_warns_it_overwrites(tmp_path)
         start, seen[path] = seen.get(path, 0), len(text)
         return text[start:]
 
-    save = dict(type='CheckpointHook', interval=1, by_epoch=False)
-    first = logged(fine_tuning_runner(tmp_path / 'run', load_from=None, checkpoint=save,
-                                      experiment_name='first'))
-    assert 'holds the checkpoints of an earlier run' not in first
-    again = logged(fine_tuning_runner(tmp_path / 'run', load_from=None, checkpoint=save,
-                                      experiment_name='again'))
-    assert (f'The work dir {tmp_path / "run"} holds the checkpoints of an earlier run (the '
-            f'last: {tmp_path / "run" / "iter_1.pth"})') in again
-    assert 'overwrites those of the same name' in again and '--resume' in again
-    resumed = logged(fine_tuning_runner(tmp_path / 'run', load_from=None, resume=True,
-                                        checkpoint=save, experiment_name='resumed'))
-    assert 'holds the checkpoints of an earlier run' not in resumed
+    run, save = tmp_path / 'run', dict(type='CheckpointHook', interval=1, by_epoch=False)
+    first = logged(fine_tuning_runner(run, load_from=None, checkpoint=save, experiment_name='1'))
+    assert 'of an earlier run' not in first
+    again = logged(fine_tuning_runner(run, load_from=None, checkpoint=save, experiment_name='2'))
+    assert (f'The work dir {run} has the `last_checkpoint` of an earlier run (the last: '
+            f'{run / "iter_1.pth"})') in again
+    assert "overwrites that run's checkpoints of the same name" in again and '--resume' in again
+    resumed = logged(fine_tuning_runner(run, load_from=None, resume=True, checkpoint=save,
+                                        experiment_name='3'))
+    assert 'Auto resumed from the latest checkpoint' in resumed
+    assert 'of an earlier run' not in resumed
+    # Resuming a file of this work dir continues the run: no warning; one of another work
+    # dir still overwrites this one's checkpoints: warned.
+    here = logged(fine_tuning_runner(run, load_from=str(run / 'iter_1.pth'), resume=True,
+                                     checkpoint=save, experiment_name='4'))
+    assert 'of an earlier run' not in here
+    shutil.copy(run / 'iter_1.pth', tmp_path / 'other.pth')
+    elsewhere = logged(fine_tuning_runner(run, load_from=str(tmp_path / 'other.pth'),
+                                          resume=True, checkpoint=save, experiment_name='5'))
+    assert 'of an earlier run' in elsewhere
+    # No CheckpointHook, nothing is saved: no warning. An unreadable last_checkpoint: a warning
+    # that says so, and the run goes on.
+    assert 'of an earlier run' not in logged(
+        fine_tuning_runner(run, load_from=None, experiment_name='6'))
+    (run / 'last_checkpoint').write_bytes(b'\xff\xfe')
+    undecodable = logged(fine_tuning_runner(run, load_from=None, checkpoint=save,
+                                            experiment_name='7'))
+    assert 'of an earlier run (unreadable: ' in undecodable
 
 
 def test_evaluation_loads_a_checkpoint_with_tensors_the_model_does_not_have(tmp_path):

@@ -80,13 +80,17 @@ def test_turns_tf32_off():  # what an exact float32 comparison on a GPU does
     torch.backends.cudnn.allow_tf32 = False
 
 
+def test_turns_tf32_matmuls_on():
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def test_state_is_back_after_the_leaks():
     assert not torch.are_deterministic_algorithms_enabled()
     assert not torch.backends.cudnn.deterministic
     assert 'CUBLAS_WORKSPACE_CONFIG' not in os.environ
     assert torch.get_num_threads() == 1  # OMP_NUM_THREADS=1
     assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
-    assert torch.backends.cudnn.allow_tf32
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
 
 
 def test_declared_and_restored(restored_global_state):
@@ -126,6 +130,8 @@ def test_global_state_leaks_fail_and_are_restored(tmp_path):
             'torch.get_default_dtype(): torch.float32 -> torch.float64',
             'torch.is_grad_enabled(): True -> False'],
         'test_a_leaks.py::test_turns_tf32_off': ['torch.backends.cudnn.allow_tf32: True -> False'],
+        'test_a_leaks.py::test_turns_tf32_matmuls_on': [
+            'torch.backends.cuda.matmul.allow_tf32: False -> True'],
         'test_b_module_fixture.py (a module-scoped fixture)': [
             'torch.backends.cudnn.benchmark: False -> True'],
     }
@@ -137,7 +143,7 @@ def test_global_state_leaks_fail_and_are_restored(tmp_path):
         for change in changes:
             assert change in report, (who, change, report)
     # The tests after a leak see the state as it was (no failure); declaring it is no leak.
-    assert re.search(r'\b8 passed, 6 errors\b', output), output[-4000:]
+    assert re.search(r'\b9 passed, 7 errors\b', output), output[-4000:]
 
 
 CUDA_AND_PLAIN_TESTS = '''

@@ -62,7 +62,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)

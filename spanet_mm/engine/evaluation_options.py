@@ -9,7 +9,8 @@
   pipeline with and without a horizontal flip.
 
 Options that would do nothing (``--out-item`` outside mmpretrain, ``--interval`` for mmdet,
-``--show`` without a display) are refused by :func:`check_test_options` before anything runs.
+``--show`` without a display, where upstream's tools wait ``--wait-time`` s per image, with 0
+forever) are refused by :func:`check_test_options` before anything runs.
 """
 import matplotlib
 from mmengine.config import Config, ConfigDict

@@ -15,7 +15,7 @@ import os.path as osp
 import re
 from typing import Sequence
 
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import HOOKS
 from mmengine.runner import BaseLoop
@@ -52,7 +52,7 @@ class CheckpointCheckHook(Hook):
     (the first launch of a preemptible job relies on it), but with a warning that says so:
     mmengine logs only "Auto resumed from the latest checkpoint None". A run that does not
     resume, in a work dir that holds an earlier run's checkpoints (its ``last_checkpoint``),
-    warns that it will overwrite those of the same name, as mmengine does silently.
+    warns that it will overwrite those of the same name (mmengine does so silently).
 
     Args:
         strict_prefixes (Sequence[str]): Key prefixes that must all fit when fine-tuning.
@@ -76,15 +76,31 @@ class CheckpointCheckHook(Hook):
                 '`last_checkpoint` file): training starts from scratch. To continue a run, '
                 'give the work dir it saved its checkpoints in (--work-dir), or the checkpoint '
                 'itself (--resume PATH).')
+        self._warn_before_overwriting(runner)
+
+    @staticmethod
+    def _warn_before_overwriting(runner) -> None:
+        """A run that saves checkpoints into a work dir holding an earlier run's (its
+        ``last_checkpoint``) overwrites those of the same name; warned unless this run
+        continues from the work dir itself (an automatic resume, or a resumed file there)."""
         earlier = osp.join(runner.work_dir, 'last_checkpoint')
-        if not getattr(runner, '_resume', False) and osp.isfile(earlier):
-            with open(earlier) as f:
-                last = f.read().strip()
-            runner.logger.warning(
-                f'The work dir {runner.work_dir} holds the checkpoints of an earlier run (the '
-                f'last: {last}). This run starts afresh and overwrites those of the same name '
-                'as it saves its own. To continue that run, resume it (--resume); to keep '
-                'both, give this run another work dir (--work-dir).')
+        if not osp.isfile(earlier) or not any(
+                isinstance(hook, CheckpointHook) for hook in runner.hooks):
+            return
+        resumed = getattr(runner, '_load_from', None)
+        if getattr(runner, '_resume', False) and (resumed is None or osp.realpath(
+                resumed).startswith(osp.realpath(runner.work_dir) + osp.sep)):
+            return
+        try:
+            with open(earlier, encoding='utf-8') as f:
+                last = f'the last: {f.read().strip()}'
+        except (OSError, UnicodeDecodeError) as err:  # a warning must not end the run
+            last = f'unreadable: {err}'
+        runner.logger.warning(
+            f'The work dir {runner.work_dir} has the `last_checkpoint` of an earlier run '
+            f'({last}). This run starts afresh and overwrites that run\'s checkpoints of the '
+            'same name as it saves its own. To continue that run, resume it (--resume); to '
+            'keep both, give this run another work dir (--work-dir).')
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         model = runner.model
