@@ -22,7 +22,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 from conftest import (REPO_ROOT, CallRecorder, convert_official_file, dense_official_checkpoint,
-                      expected_calls, fixture_arch, generate_demo_data, rel_err)
+                      expected_calls, fixture_arch, generate_demo_data, load_tool, rel_err)
 from spanet_mm.models import SPANet
 
 pytestmark = pytest.mark.cuda
@@ -250,6 +250,21 @@ def test_train_py_amp_then_test_py(tmp_path):
     with open(test_dir / 'test_metrics.json') as f:
         top1 = json.load(f)['accuracy/top1']
     assert 0 <= top1 <= 100, top1
+
+
+@pytest.mark.slow
+def test_benchmark_measures_peak_memory_in_process(tmp_path):
+    """``tools/analysis/benchmark.py --device cuda`` measures peak memory in its own process,
+    after the timing rounds; a fresh process (the CPU's way) gives the same peak."""
+    benchmark = load_tool('tools/analysis/benchmark.py')
+    argv = ['--device', 'cuda', '--models', 'spanet-s', '--batch', '8', '--modes', 'train']
+    benchmark.main(argv + ['--repeats', '1', '--json', str(tmp_path / 'bench.json')])
+    with open(tmp_path / 'bench.json') as f:
+        in_process = json.load(f)['results']['spanet-s']['train_peak_MiB']
+    fresh = benchmark.measure_in_subprocess(
+        'spanet-s', 'train', benchmark.parse_args(argv)) / 2**20
+    print(f'training peak: {in_process:.0f} MiB in process, {fresh:.0f} MiB in a fresh one')
+    assert abs(in_process - fresh) <= 0.05 * fresh
 
 
 @pytest.mark.parametrize('impl', ['auto', 'deploy'])
