@@ -144,9 +144,10 @@ class SpectralPoolingMixer(nn.Module):
         """
         if self.deploy:
             return (self.context_weight.to(dtype), self.context_bias.to(dtype))
-        weight = torch.cat([proj.weight for proj in self.spectral_projs], dim=1).flatten(1)
-        bias = self.spectral_projs[0].bias
-        for proj in self.spectral_projs[1:]:
+        projs = list(self.spectral_projs)  # a ModuleList slice would build a Module per call
+        weight = torch.cat([proj.weight for proj in projs], dim=1).flatten(1)
+        bias = projs[0].bias
+        for proj in projs[1:]:
             bias = bias + proj.bias
         far = self._gain_far.to(weight.device, weight.dtype)
         return (weight * far).to(dtype), bias.to(dtype)
