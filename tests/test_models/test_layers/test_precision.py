@@ -224,6 +224,18 @@ def test_training_under_cpu_autocast_matches_float32(emulating_cpu):
     assert err < 0.03, err
 
 
+def test_machine_check_covers_both_half_dtypes():
+    """The float32 branch is taken exactly where PyTorch's own oneDNN query says this CPU has
+    no kernels of the autocast dtype, for bfloat16 and float16 alike."""
+    native = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+              torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported()}
+    x = torch.randn(1, 2, 3, 3)
+    for dtype, has_kernels in native.items():
+        with torch.autocast('cpu', dtype=dtype):
+            emulated = precision.emulated_autocast_dtype(x)
+        assert emulated == (None if has_kernels else dtype), (dtype, has_kernels)
+
+
 def test_float64_is_left_to_autocast(emulating_cpu):
     """Autocast does not touch float64; neither does the layer."""
     torch.manual_seed(0)
