@@ -108,17 +108,13 @@ def enable_tta(cfg: Config, scope: str) -> None:
         # mmdet's DetTTAModel merges boxes only; it would assert at the first batch.
         raise ToolOptionError('--tta: mmdet 3.3 has no test-time augmentation for instance '
                               'segmentation (this model has a mask head). Test without --tta.')
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:  # the dataset inside wrappers, which has the pipeline
+        dataset = dataset.dataset
     if 'tta_pipeline' not in cfg:
-        dataset = cfg.test_dataloader.dataset
-        while 'dataset' in dataset:
-            dataset = dataset.dataset
-        pipeline = list(dataset.pipeline)
-        *head, pack = pipeline
+        *head, pack = list(dataset.pipeline)
         flips = [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)]
         cfg.tta_pipeline = head + [dict(type='TestTimeAug', transforms=[flips, [pack]])]
     cfg.setdefault('tta_model', DEFAULT_TTA_MODEL[scope])
     cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-    dataset = cfg.test_dataloader.dataset
-    while 'dataset' in dataset:
-        dataset = dataset.dataset
     dataset.pipeline = cfg.tta_pipeline
