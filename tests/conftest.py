@@ -90,6 +90,25 @@ def dense_official_checkpoint(fixture):
     return {'model': {f'backbone.{k}': v for k, v in state.items()}}
 
 
+def official_classifier(fixture, checkpoint, impl: str):
+    """The shipped classifier config with the fixture's arch, ``checkpoint`` (a converted
+    official file) loaded as ``load_from`` does, in eval mode; ``impl`` 'auto', 'fft', or
+    'deploy' (the low-rank model after ``switch_to_deploy()``)."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import load_checkpoint
+    from mmpretrain.registry import MODELS
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, 'classification', 'spanet_s_in1k.py'))
+    cfg.model.backbone.update(arch=fixture_arch(fixture), init_cfg=None,
+                              spectral_impl='auto' if impl == 'deploy' else impl)
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model).eval()
+    load_checkpoint(model, str(checkpoint), map_location='cpu', strict=True)
+    if impl == 'deploy':
+        model.backbone.switch_to_deploy()
+    return model
+
+
 def in_ci() -> bool:
     """CI runs the suite with CI=true: there a missing fixture is a failure, not a skip."""
     return os.environ.get('CI', '').lower() == 'true'
@@ -145,6 +164,14 @@ def official_fixture():
                         'be skipped.', pytrace=False)
         pytest.skip(message)
     return torch.load(FIXTURE_PATH)
+
+
+@pytest.fixture(scope='session')
+def converted_classifier(official_fixture, tmp_path_factory):
+    """The fixture's official classification file, converted (read-only for the tests)."""
+    folder = tmp_path_factory.mktemp('cls')
+    torch.save(official_fixture['classification']['state_dict'], folder / 'official.pth')
+    return convert_official_file(folder / 'official.pth', folder / 'converted.pth')
 
 
 @pytest.fixture

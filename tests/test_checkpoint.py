@@ -239,13 +239,26 @@ def test_fine_tuning_loads_a_backbone_without_its_output_norms(tmp_path):
         fine_tuning_runner(tmp_path / 'run2', str(tmp_path / 'short.pth')).train()
 
 
-def test_a_resume_that_finds_no_checkpoint_says_it_starts_from_scratch(tmp_path):
+@pytest.fixture
+def logged():
+    """``logged(runner)``: ``runner.train()``, and what it logged. Runners in one work dir
+    started within a second share a log file: each gets only its own part."""
+    seen = {}
+
+    def train(runner) -> str:
+        path = osp.join(runner.log_dir, f'{runner.timestamp}.log')
+        runner.train()
+        with open(path) as f:
+            text = f.read()
+        start, seen[path] = seen.get(path, 0), len(text)
+        return text[start:]
+
+    return train
+
+
+def test_a_resume_that_finds_no_checkpoint_says_it_starts_from_scratch(tmp_path, logged):
     """mmengine starts such a run from scratch (as a preemptible job's first launch needs)
     and logs only "Auto resumed from the latest checkpoint None"."""
-    def logged(runner):
-        runner.train()
-        return open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
-
     # What --resume without a path sets: resume=True, load_from=None. Each run its own
     # experiment_name: runners made within a second would otherwise share one logger (and the
     # first one's log file).
@@ -263,19 +276,9 @@ def test_a_resume_that_finds_no_checkpoint_says_it_starts_from_scratch(tmp_path)
     assert 'Resuming found no checkpoint' not in text
 
 
-def test_a_fresh_run_into_an_earlier_runs_work_dir_warns_it_overwrites(tmp_path):
+def test_a_fresh_run_into_an_earlier_runs_work_dir_warns_it_overwrites(tmp_path, logged):
     """mmengine overwrites an earlier run's iter_N.pth / epoch_N.pth without a word when a
     run that does not resume is started in its work dir."""
-    seen = {}
-
-    def logged(runner):
-        """What ``runner.train()`` logs (runs in one work dir within a second share a log)."""
-        path = osp.join(runner.log_dir, f'{runner.timestamp}.log')
-        runner.train()
-        text = open(path).read()
-        start, seen[path] = seen.get(path, 0), len(text)
-        return text[start:]
-
     run, save = tmp_path / 'run', dict(type='CheckpointHook', interval=1, by_epoch=False)
     first = logged(fine_tuning_runner(run, load_from=None, checkpoint=save, experiment_name='1'))
     assert 'of an earlier run' not in first

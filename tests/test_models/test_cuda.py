@@ -18,11 +18,10 @@ import sys
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 
 from conftest import (REPO_ROOT, CallRecorder, convert_official_file, dense_official_checkpoint,
-                      expected_calls, fixture_arch, generate_demo_data, load_tool, rel_err)
+                      expected_calls, fixture_arch, generate_demo_data, load_tool,
+                      official_classifier, rel_err)
 from spanet_mm.models import SPANet
 
 pytestmark = pytest.mark.cuda
@@ -72,21 +71,13 @@ def odd_input(size, batch=2, seed=0):
 
 @pytest.mark.parametrize('layout', LAYOUTS)
 @pytest.mark.parametrize('impl', IMPLS)
-def test_official_outputs(official_fixture, dense_weights, tmp_path, impl, layout, no_tf32):
+def test_official_outputs(official_fixture, converted_classifier, dense_weights, impl, layout,
+                          no_tf32):
     """The official logits (classifier config) and dense features, on the GPU."""
     cls = official_fixture['classification']
-    torch.save(cls['state_dict'], tmp_path / 'official.pth')
-    converted = convert_official_file(tmp_path / 'official.pth', tmp_path / 'converted.pth')
-    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs/classification/spanet_s_in1k.py'))
-    cfg.model.backbone.update(arch=fixture_arch(official_fixture), init_cfg=None,
-                              spectral_impl='auto' if impl == 'deploy' else impl)
-    init_default_scope('mmpretrain')
-    from mmpretrain.registry import MODELS
-    classifier = MODELS.build(cfg.model)
-    load_checkpoint(classifier, converted, map_location='cpu', strict=True)
-    classifier = classifier.cuda().to(memory_format=LAYOUTS[layout]).eval()
-    if impl == 'deploy':
-        classifier.backbone.switch_to_deploy()
+    classifier = official_classifier(official_fixture, converted_classifier, impl).cuda()
+    assert classifier.backbone.deploy is (impl == 'deploy')
+    classifier = classifier.to(memory_format=LAYOUTS[layout])
     with torch.no_grad():
         logits = classifier(cls['input'].cuda().to(memory_format=LAYOUTS[layout]), mode='tensor')
     assert (logits.cpu() - cls['logits']).abs().max() <= OFFICIAL_TOLERANCE

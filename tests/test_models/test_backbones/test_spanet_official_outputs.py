@@ -1,22 +1,12 @@
 """Converted official weights reproduce the official model's outputs (shared fixture)."""
-import os.path as osp
-
 import pytest
 import torch
-from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 
-from conftest import REPO_ROOT, convert_official_file, dense_official_checkpoint, fixture_arch
+from conftest import (convert_official_file, dense_official_checkpoint, fixture_arch,
+                      official_classifier)
 
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope='module')
-def converted_classifier(official_fixture, tmp_path_factory):
-    folder = tmp_path_factory.mktemp('cls')
-    torch.save(official_fixture['classification']['state_dict'], folder / 'official.pth')
-    return convert_official_file(folder / 'official.pth', folder / 'converted.pth')
 
 
 # 'deploy': the low-rank model after SPANet.switch_to_deploy() (fused inference form).
@@ -26,15 +16,8 @@ IMPLS = ['auto', 'fft', 'deploy']
 @pytest.mark.parametrize('impl', IMPLS)
 def test_classifier_logits(official_fixture, converted_classifier, impl):
     """The converted file loads with `load_from` semantics into the shipped classifier config."""
-    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs/classification/spanet_s_in1k.py'))
-    cfg.model.backbone.update(arch=fixture_arch(official_fixture),
-                              spectral_impl='auto' if impl == 'deploy' else impl, init_cfg=None)
-    init_default_scope(cfg.default_scope)
-    from mmpretrain.registry import MODELS
-    model = MODELS.build(cfg.model).eval()
-    load_checkpoint(model, str(converted_classifier), map_location='cpu', strict=True)
-    if impl == 'deploy':
-        model.backbone.switch_to_deploy()
+    model = official_classifier(official_fixture, converted_classifier, impl)
+    assert model.backbone.deploy is (impl == 'deploy')  # the form compared is the one named
     with torch.no_grad():
         logits = model(official_fixture['classification']['input'], mode='tensor')
     expected = official_fixture['classification']['logits']

@@ -2,9 +2,9 @@
 and the deploy form's fused layers under autocast (spanet_mm/models/layers/fused.py).
 
 The layers' float32 branch is forced on any CPU (``emulating_cpu``: the machine check says
-"no bfloat16 / float16 kernels"; the convs are checked under both autocast dtypes), and so is their native branch (``native_cpu``: autocast's own
-bfloat16 kernels, which PyTorch emulates on a CPU without them), so these tests check both on
-every machine. The reference for every value is PyTorch itself: ``F.conv2d`` / the modules
+"no bfloat16 / float16 kernels"; the convs are checked under both autocast dtypes), and so is
+their native branch (``native_cpu``: autocast's own bfloat16 kernels, which PyTorch emulates on
+a CPU without them), so these tests check both on every machine. The reference for every value is PyTorch itself: ``F.conv2d`` / the modules
 outside autocast (float32 kernels), and the default (unfused) form of the model or block
 under the same autocast for the deploy form.
 """
